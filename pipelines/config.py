@@ -1,0 +1,216 @@
+"""Configuration: YAML profiles in ``conf/`` parsed into frozen, validated dataclasses.
+
+A job loads one profile (``conf/local.yaml`` by default), applies ``--set section.key=value``
+overrides from the command line, and validates the result before Spark starts. An unknown
+key or a bad value raises :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from udfs.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+RESAMPLING_METHODS = ("nearest", "bilinear", "cubic", "average", "mode")
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How the SparkSession is built (see :mod:`pipelines.session`)."""
+
+    master: str | None = "local[2]"
+    app_name: str = "eo-lakehouse"
+    shuffle_partitions: int = 4
+    #: One row can hold a whole tile (14 bands x 256 x 256 x 2 bytes ~ 1.8 MB), so Arrow
+    #: batches are counted in tiles, not in the default 10 000 rows.
+    arrow_max_records_per_batch: int = 16
+    ui: bool = False
+    #: Maven coordinates resolved by Spark's Ivy at start (Delta's jar is added by session).
+    packages: tuple[str, ...] = ()
+    #: Local jar files used instead of Maven resolution (see README "Jars without Ivy").
+    jars: tuple[str, ...] = ()
+    conf: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _positive("spark.shuffle_partitions", self.shuffle_partitions)
+        _positive("spark.arrow_max_records_per_batch", self.arrow_max_records_per_batch)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where tables live and in which format."""
+
+    root: str = "output/lakehouse"
+    format: str = "delta"
+    #: Parquet codec level for pixel columns: ZSTD level 1 writes ~2x faster than the
+    #: default level 3 for ~5 % larger files (bench/ingest_bench.py, PERFORMANCE-NOTES.md).
+    zstd_level: int = 1
+
+    def __post_init__(self) -> None:
+        if self.format not in ("delta", "parquet"):
+            raise ConfigError(f"storage.format must be 'delta' or 'parquet', got {self.format!r}")
+        if not 1 <= self.zstd_level <= 22:
+            raise ConfigError(f"storage.zstd_level must be 1..22, got {self.zstd_level}")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How scenes are cut into tiles."""
+
+    source: str = "data/demo"
+    tile_size: int = 256
+    overlap: int = 0
+    #: Resampling of 20 m / 60 m bands onto the 10 m grid. ``nearest`` keeps DNs exact
+    #: (the default of odc-stac and stackstac); quality bands always use ``nearest``.
+    resampling: str = "nearest"
+    #: Side of the square window one executor task reads, in tiles; rounded so that reads
+    #: cover whole internal blocks of the files (reading windows smaller than the file's
+    #: blocks decodes each block several times).
+    tiles_per_read: int = 4
+    strict: bool = False
+    rebuild: bool = False
+
+    def __post_init__(self) -> None:
+        _positive("ingest.tile_size", self.tile_size)
+        _positive("ingest.tiles_per_read", self.tiles_per_read)
+        if not 0 <= self.overlap < self.tile_size // 2:
+            raise ConfigError(
+                f"ingest.overlap must be 0 <= overlap < tile_size/2, got {self.overlap}"
+            )
+        if self.resampling not in RESAMPLING_METHODS:
+            raise ConfigError(
+                f"ingest.resampling must be one of {RESAMPLING_METHODS}, got {self.resampling!r}"
+            )
+
+    def tiling_digest(self) -> str:
+        """Digest of the settings that change tile contents; stored per scene."""
+        keys = {"tile_size": self.tile_size, "overlap": self.overlap, "resampling": self.resampling}
+        return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of a job run."""
+
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+    def digest(self) -> str:
+        """Stable digest of the whole configuration (recorded in ``runs``)."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _positive(key: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {value}")
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Coerce a YAML or command-line value to the annotated type, naming ``key`` on failure."""
+    text = str(typ)
+    try:
+        if typ is bool or text == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "yes", "1", "on"):
+                return True
+            if str(value).lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError(value)
+        if typ is int or text == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if text.startswith("tuple"):
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            return tuple(str(v) for v in value)
+        if text.startswith("dict"):
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return {str(k): str(v) for k, v in value.items()}
+        if "None" in text and (value is None or str(value).lower() in ("none", "null")):
+            return None
+        return str(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}: cannot read {value!r} as {text}") from e
+
+
+def _section(name: str, cls: type, values: dict[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {name}.{unknown[0]} (known keys of {name}: {', '.join(sorted(known))})"
+        )
+    return cls(**{k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()})
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    """Validate a nested mapping (a parsed profile) into a :class:`Config`."""
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown section {unknown[0]!r} (known: {', '.join(sections)})")
+    hints = get_type_hints(Config)
+    parts = {}
+    for name, value in data.items():
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"section {name!r} must be a mapping, got {type(value).__name__}")
+        parts[name] = _section(name, hints[name], value)
+    return Config(**parts)
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """Split ``section.key=value`` into its three parts."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    path, value = text.split("=", 1)
+    section, key = path.split(".", 1)
+    return section, key, value
+
+
+def load_config(profile: str = "local", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load ``conf/<profile>.yaml`` (or a YAML file path) and apply overrides.
+
+    Parameters
+    ----------
+    profile : str
+        Profile name in ``conf/`` (``local``, ``cluster``) or a path to a YAML file.
+    overrides : sequence of str
+        ``section.key=value`` items, applied after the profile.
+    """
+    path = Path(profile)
+    if not path.suffix:
+        path = CONF_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"config profile not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for item in overrides:
+        section, key, value = parse_override(item)
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"section {section!r} must be a mapping")
+        if key.startswith("conf."):
+            data[section].setdefault("conf", {})[key[5:]] = value
+        else:
+            data[section][key] = value
+    return build_config(data)

@@ -1,0 +1,371 @@
+"""Ingest job: scenes (folders or STAC) -> ``scenes``, ``tiles``, ``rejected``, ``runs``.
+
+Flow of :func:`main`: load config -> start Spark -> discover scenes (driver, listing only)
+-> skip scenes already ingested with the same tiling -> inspect headers and metadata
+(executors) -> plan read blocks (driver) -> read, resample and cut tiles (executors) ->
+MERGE tiles -> record scenes, rejected inputs and the run.
+
+Run with ``python -m pipelines.ingest`` or ``spark-submit pipelines/ingest.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pyspark.accumulators import AccumulatorParam
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.types import to_arrow_schema
+
+from pipelines.config import Config, load_config
+from pipelines.discover import discover
+from pipelines.lakehouse import Lakehouse
+from pipelines.session import build_session
+from pipelines.tables import REJECTED, RUNS, SCENES, TILES
+from udfs.errors import ConfigError, PipelineError, SceneError
+from udfs.ingest_udfs import INSPECT_SCHEMA, inspect_batches, make_tile_reader
+from udfs.reader import SceneSource, scene_error_row
+from udfs.tiling import ReadBlock, plan_read_blocks, tile_grid_shape
+
+JOB = "ingest"
+
+
+class ListParam(AccumulatorParam):
+    """Accumulator of lists: executors report unreadable blocks to the driver."""
+
+    def zero(self, value: list) -> list:
+        return []
+
+    def addInPlace(self, a: list, b: list) -> list:  # noqa: N802  (pyspark's name)
+        return a + b
+
+
+@dataclass
+class Run:
+    """One job run: its id, config and what happened to every input."""
+
+    config: Config
+    job: str = JOB
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    seen: int = 0
+    ingested: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    tiles_written: int = 0
+
+    def reject(self, err: SceneError) -> None:
+        self.rejected.append(scene_error_row(err))
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def split_candidates(run: Run, candidates: list) -> list[SceneSource]:
+    """Scene sources to work on; discovery errors go to ``run.rejected``."""
+    sources = []
+    for c in candidates:
+        if isinstance(c, SceneError):
+            run.reject(c)
+        else:
+            sources.append(c)
+    run.seen = len(candidates)
+    return sources
+
+
+def skip_ingested(
+    run: Run, sources: list[SceneSource], existing: dict[str, str]
+) -> tuple[list[SceneSource], list[str]]:
+    """Drop scenes already ingested with this tiling; find those tiled differently.
+
+    Returns the sources to ingest and the ids of scenes to rebuild. Raises
+    :class:`ConfigError` for differently tiled scenes unless ``ingest.rebuild`` is set.
+    """
+    digest = run.config.ingest.tiling_digest()
+    todo, rebuild, seen = [], [], set()
+    for s in sources:
+        if s.scene_id in seen:
+            run.reject(
+                SceneError(
+                    "the same scene id appears twice in the source; the first one was used",
+                    scene_id=s.scene_id,
+                    href=s.origin,
+                    stage="discover",
+                )
+            )
+            continue
+        seen.add(s.scene_id)
+        old = existing.get(s.scene_id)
+        if old is None:
+            todo.append(s)
+        elif old == digest:
+            run.skipped.append(s.scene_id)
+        else:
+            rebuild.append(s.scene_id)
+            todo.append(s)
+    if rebuild and not run.config.ingest.rebuild:
+        ing = run.config.ingest
+        raise ConfigError(
+            f"{len(rebuild)} scene(s) (e.g. {rebuild[0]}) were tiled with other settings than "
+            f"tile_size={ing.tile_size}, overlap={ing.overlap}, resampling={ing.resampling}; "
+            f"refusing to mix tilings in one table. Re-run with --rebuild to re-tile them."
+        )
+    return todo, rebuild
+
+
+def inspect_scenes(
+    spark: SparkSession, run: Run, sources: list[SceneSource]
+) -> list[dict[str, Any]]:
+    """Open headers and metadata on the executors; return scene records, reject the rest."""
+    if not sources:
+        return []
+    df = spark.createDataFrame([(s.to_json(),) for s in sources], "source string")
+    df = df.repartition(min(len(sources), spark.sparkContext.defaultParallelism * 4))
+    infos = []
+    for row in df.mapInPandas(inspect_batches, INSPECT_SCHEMA).collect():
+        if row.error is not None:
+            e = json.loads(row.error)
+            run.rejected.append(e)
+        else:
+            infos.append(json.loads(row.info))
+    return sorted(infos, key=lambda i: i["scene_id"])
+
+
+def scene_plan(info: dict[str, Any], config: Config) -> list[ReadBlock]:
+    """Read blocks (one executor task each) of a scene."""
+    ing = config.ingest
+    return plan_read_blocks(
+        info["height"], info["width"], ing.tile_size, ing.overlap, ing.tiles_per_read
+    )
+
+
+def blocks_frame(spark: SparkSession, infos: list[dict[str, Any]], config: Config) -> DataFrame:
+    """One row per read block: the scene recipe (JSON) and the block window."""
+    rows = []
+    for info in infos:
+        acquired = datetime.fromisoformat(info["acquired"])
+        recipe = dict(
+            info, acquired_date=acquired.date().isoformat(), acq_month=acquired.strftime("%Y-%m")
+        )
+        text = json.dumps(recipe)
+        for b in scene_plan(info, config):
+            rows.append(
+                (
+                    text,
+                    b.tile_row0,
+                    b.tile_col0,
+                    b.n_rows,
+                    b.n_cols,
+                    b.row_off,
+                    b.col_off,
+                    b.height,
+                    b.width,
+                )
+            )
+    schema = (
+        "scene string, tile_row0 int, tile_col0 int, n_rows int, n_cols int, "
+        "row_off int, col_off int, height int, width int"
+    )
+    # One partition per block: tasks balance across cores and each writes one file.
+    rdd = spark.sparkContext.parallelize(rows, max(1, len(rows)))
+    return spark.createDataFrame(rdd, schema)
+
+
+def tiles_frame(blocks: DataFrame, config: Config, errors: Any) -> DataFrame:
+    """Read every block on the executors into ``tiles`` rows."""
+    ing = config.ingest
+    reader = make_tile_reader(
+        to_arrow_schema(TILES), ing.tile_size, ing.overlap, ing.resampling, errors.add
+    )
+    return blocks.mapInArrow(reader, TILES)
+
+
+def scenes_frame(spark: SparkSession, run: Run, infos: list[dict[str, Any]]) -> DataFrame:
+    """``scenes`` rows for the scenes whose every tile was written."""
+    ing = run.config.ingest
+    now = datetime.now(timezone.utc)
+    rows = []
+    for info in infos:
+        acquired = datetime.fromisoformat(info["acquired"])
+        n_r, n_c = tile_grid_shape(info["height"], info["width"], ing.tile_size)
+        rows.append(
+            {
+                **{k: info.get(k) for k in SCENES.fieldNames()},
+                "acquired": acquired,
+                "acquired_date": acquired.date(),
+                "tile_size": ing.tile_size,
+                "overlap": ing.overlap,
+                "resampling": ing.resampling,
+                "tiling_digest": ing.tiling_digest(),
+                "n_tiles": n_r * n_c,
+                "run_id": run.run_id,
+                "ingested_at": now,
+            }
+        )
+    return spark.createDataFrame(rows, SCENES)
+
+
+def rejected_frame(spark: SparkSession, run: Run) -> DataFrame:
+    now = datetime.now(timezone.utc)
+    rows = [{**r, "run_id": run.run_id, "job": run.job, "rejected_at": now} for r in run.rejected]
+    return spark.createDataFrame(rows, REJECTED)
+
+
+def runs_frame(spark: SparkSession, run: Run, status: str) -> DataFrame:
+    row = {
+        "run_id": run.run_id,
+        "job": run.job,
+        "config_digest": run.config.digest(),
+        "source": run.config.ingest.source,
+        "inputs_seen": run.seen,
+        "ingested": len(run.ingested),
+        "skipped": len(run.skipped),
+        "rejected": len(run.rejected),
+        "tiles_written": run.tiles_written,
+        "status": status,
+        "started": run.started,
+        "ended": datetime.now(timezone.utc),
+    }
+    return spark.createDataFrame([row], RUNS)
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def existing_tilings(lake: Lakehouse) -> dict[str, str]:
+    """scene_id -> tiling digest of every scene already in ``scenes``."""
+    rows = lake.read("scenes").select("scene_id", "tiling_digest").collect()
+    return {r.scene_id: r.tiling_digest for r in rows}
+
+
+def check_strict(run: Run) -> None:
+    if run.config.ingest.strict and run.rejected:
+        r = run.rejected[0]
+        raise SceneError(r["reason"], scene_id=r["scene_id"], href=r["href"], stage=r["stage"])
+
+
+def ingest(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
+    """Run the whole ingest for ``run.config``; returns ``run`` with its accounting filled."""
+    config = run.config
+    sources = split_candidates(run, discover(config.ingest.source))
+    check_strict(run)
+    todo, rebuild = skip_ingested(run, sources, existing_tilings(lake))
+    lake.delete("tiles", "scene_id", rebuild)
+    lake.delete("scenes", "scene_id", rebuild)
+
+    infos = inspect_scenes(spark, run, todo)
+    check_strict(run)
+
+    errors = spark.sparkContext.accumulator([], ListParam())
+    if infos:
+        lake.merge("tiles", tiles_frame(blocks_frame(spark, infos, config), config, errors))
+    failed = sorted({e["scene_id"] for e in errors.value})
+    # A scene with an unreadable block is rejected whole: remove what was written of it.
+    lake.delete("tiles", "scene_id", failed)
+    for e in {e["scene_id"]: e for e in errors.value}.values():
+        run.rejected.append(e)
+    good = [i for i in infos if i["scene_id"] not in failed]
+    if good:
+        lake.merge("scenes", scenes_frame(spark, run, good))
+    run.ingested = [i["scene_id"] for i in good]
+    run.tiles_written = sum(
+        tile_grid_shape(i["height"], i["width"], config.ingest.tile_size)[0]
+        * tile_grid_shape(i["height"], i["width"], config.ingest.tile_size)[1]
+        for i in good
+    )
+    check_strict(run)
+    return run
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ingest", description=__doc__.split("\n")[0])
+    p.add_argument("--profile", default="local", help="conf/<profile>.yaml or a YAML path")
+    p.add_argument("--source", help="scene folder(s) or STAC JSON (comma-separated)")
+    p.add_argument("--root", help="table root folder (storage.root)")
+    p.add_argument("--format", choices=("delta", "parquet"), help="table format")
+    p.add_argument("--tile-size", type=int, help="tile side in pixels (ingest.tile_size)")
+    p.add_argument("--overlap", type=int, help="tile overlap in pixels (ingest.overlap)")
+    p.add_argument("--resampling", help="resampling of coarser bands (ingest.resampling)")
+    p.add_argument("--strict", action="store_true", help="fail on the first bad input")
+    p.add_argument("--rebuild", action="store_true", help="re-tile scenes tiled differently")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config key (repeatable)",
+    )
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Profile + flags + ``--set`` overrides, validated (before Spark starts)."""
+    overrides = []
+    for flag, key in (
+        ("source", "ingest.source"),
+        ("root", "storage.root"),
+        ("format", "storage.format"),
+        ("tile_size", "ingest.tile_size"),
+        ("overlap", "ingest.overlap"),
+        ("resampling", "ingest.resampling"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.strict:
+        overrides.append("ingest.strict=true")
+    if args.rebuild:
+        overrides.append("ingest.rebuild=true")
+    return load_config(args.profile, [*overrides, *args.set])
+
+
+def summary(run: Run, lake: Lakehouse) -> str:
+    lines = [
+        f"ingest run {run.run_id}: {run.seen} input(s) seen, {len(run.ingested)} ingested, "
+        f"{len(run.skipped)} already present, {len(run.rejected)} rejected, "
+        f"{run.tiles_written} tiles written",
+        f"tables ({run.config.storage.format}) under {lake.root}:",
+    ]
+    for name in ("scenes", "tiles", "rejected", "runs"):
+        n = lake.read(name).count() if lake.exists(name) else 0
+        lines.append(f"  {name:<9} {n:>7} rows  {lake.path(name)}")
+    for r in run.rejected:
+        lines.append(
+            f"  rejected: {r['scene_id'] or '-'} {r['href']}: [{r['error_class']}] {r['reason']}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    spark = build_session(config)
+    lake = Lakehouse(spark, config.storage)
+    run = Run(config)
+    status = "failed"
+    try:
+        ingest(spark, lake, run)
+        status = "succeeded"
+    except PipelineError as e:
+        print(f"ingest failed: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    finally:
+        # Written whatever happened, so every input is accounted for even in strict mode.
+        if run.rejected:
+            lake.append("rejected", rejected_frame(spark, run))
+        lake.append("runs", runs_frame(spark, run, status))
+    print(summary(run, lake))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

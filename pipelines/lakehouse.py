@@ -1,0 +1,110 @@
+"""Reading and writing the tables of :mod:`pipelines.tables`, in Delta (default) or Parquet.
+
+Every write is keyed: ``merge`` inserts only rows whose key is not in the table yet
+(Delta MERGE; for Parquet an anti-join then append), so every job can be re-run safely.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipelines.config import StorageConfig
+from pipelines.tables import TABLES, Table
+
+
+class Lakehouse:
+    """The tables under one root folder (local path or object-store URI)."""
+
+    def __init__(self, spark: SparkSession, storage: StorageConfig) -> None:
+        self.spark = spark
+        self.root = storage.root.rstrip("/")
+        self.format = storage.format
+
+    def path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def exists(self, name: str) -> bool:
+        path = self.path(name)
+        if self.format == "delta":
+            from delta.tables import DeltaTable
+
+            return bool(DeltaTable.isDeltaTable(self.spark, path))
+        # Spark writes _SUCCESS after a complete Parquet write; ask Hadoop's file system
+        # so the check works for object stores too.
+        jvm = self.spark.sparkContext._jvm
+        assert jvm is not None
+        marker = jvm.org.apache.hadoop.fs.Path(f"{path}/_SUCCESS")
+        fs = marker.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration())
+        return bool(fs.exists(marker))
+
+    def read(self, name: str) -> DataFrame:
+        """The table, or an empty frame of its schema when it does not exist yet."""
+        table = TABLES[name]
+        if not self.exists(name):
+            return self.spark.createDataFrame([], table.schema)
+        return self.spark.read.format(self.format).load(self.path(name))
+
+    def _create(self, table: Table) -> None:
+        from delta.tables import DeltaTable
+
+        (
+            DeltaTable.createIfNotExists(self.spark)
+            .location(self.path(table.name))
+            .addColumns(table.schema)
+            .partitionedBy(*table.partition_by)
+            .execute()
+        )
+
+    def merge(self, name: str, df: DataFrame) -> None:
+        """Insert the rows of ``df`` whose key is not in table ``name`` yet."""
+        table = TABLES[name]
+        df = df.select(*table.schema.fieldNames())
+        if self.format == "delta":
+            from delta.tables import DeltaTable
+
+            self._create(table)
+            cond = " AND ".join(f"t.{k} <=> s.{k}" for k in table.key)
+            if table.partition_by:
+                # Partition columns in the condition let Delta prune the target's files.
+                cond += "".join(f" AND t.{p} = s.{p}" for p in table.partition_by)
+            (
+                DeltaTable.forPath(self.spark, self.path(name))
+                .alias("t")
+                .merge(df.alias("s"), cond)
+                .whenNotMatchedInsertAll()
+                .execute()
+            )
+            return
+        if self.exists(name):
+            keys = self.read(name).select(*table.key)
+            df = df.join(keys, on=list(table.key), how="left_anti")
+        self.append(name, df)
+
+    def append(self, name: str, df: DataFrame) -> None:
+        """Append rows (for tables whose rows are new by construction: runs, rejected)."""
+        table = TABLES[name]
+        df = df.select(*table.schema.fieldNames())
+        if self.format == "delta":
+            self._create(table)
+        writer = df.write.format(self.format).mode("append")
+        if table.partition_by:
+            writer = writer.partitionBy(*table.partition_by)
+        writer.save(self.path(name))
+
+    def delete(self, name: str, column: str, values: list[str]) -> None:
+        """Delete the rows whose ``column`` is in ``values`` (Delta only; Parquet rewrites)."""
+        if not values or not self.exists(name):
+            return
+        cond = F.col(column).isin(values)
+        if self.format == "delta":
+            from delta.tables import DeltaTable
+
+            DeltaTable.forPath(self.spark, self.path(name)).delete(cond)
+            return
+        kept = self.read(name).filter(~cond).localCheckpoint(eager=True)
+        table = TABLES[name]
+        writer = kept.write.format("parquet").mode("overwrite")
+        if table.partition_by:
+            writer = writer.partitionBy(*table.partition_by)
+        writer.save(self.path(name))

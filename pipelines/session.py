@@ -1,0 +1,91 @@
+"""The one place that builds the SparkSession.
+
+Extras are composed as functions that take a builder and return it (the way
+``delta.configure_spark_with_delta_pip`` does). Library code never calls ``getOrCreate()``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from pipelines.config import Config, SparkConfig, StorageConfig
+
+IVY_SETTINGS = Path(__file__).resolve().parent.parent / "conf" / "ivysettings.xml"
+
+
+def delta_package() -> str:
+    """Maven coordinates of the Delta jar matching the installed pyspark and delta-spark."""
+    from importlib.metadata import version
+
+    import pyspark
+
+    spark_mm = ".".join(pyspark.__version__.split(".")[:2])
+    return f"io.delta:delta-spark_{spark_mm}_2.13:{version('delta-spark')}"
+
+
+def under_spark_submit() -> bool:
+    """True when spark-submit launched this driver (the JVM already exists)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def with_base(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.Builder:
+    """Master (unless spark-submit chose it), app name, UTC, small shuffles, UI, Arrow."""
+    if cfg.master and not under_spark_submit():
+        builder = builder.master(cfg.master)
+    builder = (
+        builder.appName(cfg.app_name)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        .config("spark.ui.enabled", str(cfg.ui).lower())
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config(
+            "spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_max_records_per_batch)
+        )
+        .config("spark.sql.adaptive.enabled", "true")
+    )
+    if not under_spark_submit():
+        # Executors' Python must be the driver's (the virtual environment). pyspark reads
+        # PYSPARK_PYTHON when the context starts; spark.pyspark.python is for spark-submit.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = builder.config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
+    for key, value in cfg.conf.items():
+        builder = builder.config(key, value)
+    return builder
+
+
+def with_delta(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.Builder:
+    """Delta's SQL extension and catalog; its jar from Maven (Ivy-cached) or local jars."""
+    builder = builder.config(
+        "spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension"
+    ).config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+    # Insert-only MERGE of freshly read tiles: do not copy the source aside first.
+    builder = builder.config("spark.databricks.delta.merge.materializeSource", "none")
+    if under_spark_submit():
+        return builder  # jars come from spark-submit (--packages or spark-defaults.conf)
+    if cfg.jars:
+        return builder.config("spark.jars", ",".join(cfg.jars))
+    packages = [delta_package(), *cfg.packages]
+    return builder.config("spark.jars.packages", ",".join(packages)).config(
+        "spark.jars.ivySettings", str(IVY_SETTINGS)
+    )
+
+
+def with_parquet(builder: SparkSession.Builder, storage: StorageConfig) -> SparkSession.Builder:
+    """ZSTD at a cheap level for the pixel columns (see StorageConfig.zstd_level)."""
+    return builder.config("spark.sql.parquet.compression.codec", "zstd").config(
+        "spark.hadoop.parquet.compression.codec.zstd.level", str(storage.zstd_level)
+    )
+
+
+def build_session(config: Config) -> SparkSession:
+    """Create (or return the running) SparkSession for ``config``."""
+    builder = with_parquet(with_base(SparkSession.builder, config.spark), config.storage)
+    if config.storage.format == "delta":
+        builder = with_delta(builder, config.spark)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

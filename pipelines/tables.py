@@ -1,0 +1,170 @@
+"""The data model: every table's name, schema, key and partitioning, on one screen.
+
+Pixel encoding (``tiles`` band columns): raw little-endian, C-order bytes of a
+``(height, width)`` array of dtype ``tiles.dtype`` (see :mod:`udfs.tiling`); ``valid`` is
+the bit-packed (``np.packbits``) mask of pixels that hold data in every band. Columns that
+a sensor lacks are null (Landsat has no ``rededge1``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql.types import (
+    ArrayType,
+    BinaryType,
+    DateType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from udfs.sensors import BAND_COLUMNS
+
+
+def _f(name: str, typ, nullable: bool = True) -> StructField:
+    return StructField(name, typ, nullable)
+
+
+_BOUNDS = ArrayType(DoubleType())  # [minx, miny, maxx, maxy]
+
+SCENES = StructType(
+    [
+        _f("scene_id", StringType(), False),
+        _f("sensor", StringType(), False),
+        _f("platform", StringType()),
+        _f("acquired", TimestampType(), False),  # UTC
+        _f("acquired_date", DateType(), False),
+        _f("processing_level", StringType()),
+        _f("processing_baseline", StringType()),
+        _f("crs_epsg", IntegerType()),
+        _f("crs_wkt", StringType()),
+        _f("width", IntegerType(), False),  # scene grid, pixels
+        _f("height", IntegerType(), False),
+        _f("resolution", DoubleType()),  # metres per pixel of the scene grid
+        _f("transform", ArrayType(DoubleType())),  # affine a, b, c, d, e, f
+        _f("bounds", _BOUNDS),  # scene CRS
+        _f("bbox_wgs84", _BOUNDS),  # lon/lat
+        _f("footprint_wgs84", StringType()),  # GeoJSON polygon
+        _f("cloud_cover", DoubleType()),  # percent, from the product metadata
+        _f(
+            "bands",
+            ArrayType(
+                StructType(
+                    [
+                        _f("name", StringType()),
+                        _f("column", StringType()),
+                        _f("resolution", DoubleType()),
+                        _f("href", StringType()),
+                        _f("dtype", StringType()),
+                    ]
+                )
+            ),
+        ),
+        _f(
+            "scaling",
+            MapType(
+                StringType(),
+                StructType(
+                    [  # reflectance = DN * scale + offset
+                        _f("scale", DoubleType()),
+                        _f("offset", DoubleType()),
+                    ]
+                ),
+            ),
+        ),
+        _f("nodata", IntegerType()),
+        _f("source", StringType()),  # folder or STAC item the scene came from
+        _f("layout", StringType()),
+        _f("tile_size", IntegerType()),
+        _f("overlap", IntegerType()),
+        _f("resampling", StringType()),
+        _f("tiling_digest", StringType()),
+        _f("n_tiles", IntegerType()),
+        _f("run_id", StringType()),
+        _f("ingested_at", TimestampType()),
+    ]
+)
+
+TILE_KEY_FIELDS = [
+    _f("scene_id", StringType(), False),
+    _f("tile_row", IntegerType(), False),
+    _f("tile_col", IntegerType(), False),
+]
+
+TILES = StructType(
+    [
+        *TILE_KEY_FIELDS,
+        _f("sensor", StringType(), False),
+        _f("acquired_date", DateType(), False),
+        _f("acq_month", StringType(), False),  # yyyy-MM, partition column
+        _f("crs_epsg", IntegerType()),
+        _f("transform", ArrayType(DoubleType())),  # affine of the tile's upper-left pixel
+        _f("bounds", _BOUNDS),
+        _f("bbox_wgs84", _BOUNDS),
+        _f("row_off", IntegerType(), False),  # tile origin in the scene grid
+        _f("col_off", IntegerType(), False),
+        _f("width", IntegerType(), False),
+        _f("height", IntegerType(), False),
+        _f("dtype", StringType(), False),  # numpy dtype of every band column
+        _f("valid_fraction", DoubleType()),
+        _f("valid", BinaryType()),
+        *[_f(c, BinaryType()) for c in BAND_COLUMNS],  # pixel columns last
+    ]
+)
+
+REJECTED = StructType(
+    [
+        _f("run_id", StringType(), False),
+        _f("job", StringType(), False),
+        _f("href", StringType()),
+        _f("scene_id", StringType()),
+        _f("stage", StringType(), False),  # discover | inspect | read | features
+        _f("error_class", StringType(), False),
+        _f("reason", StringType(), False),
+        _f("rejected_at", TimestampType(), False),
+    ]
+)
+
+RUNS = StructType(
+    [
+        _f("run_id", StringType(), False),
+        _f("job", StringType(), False),
+        _f("config_digest", StringType(), False),
+        _f("source", StringType()),
+        _f("inputs_seen", LongType(), False),
+        _f("ingested", LongType(), False),
+        _f("skipped", LongType(), False),
+        _f("rejected", LongType(), False),
+        _f("tiles_written", LongType(), False),
+        _f("status", StringType(), False),  # succeeded | failed
+        _f("started", TimestampType(), False),
+        _f("ended", TimestampType(), False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of the lakehouse: name, schema, merge key and partition columns."""
+
+    name: str
+    schema: StructType
+    key: tuple[str, ...]
+    partition_by: tuple[str, ...] = ()
+
+
+TABLES = {
+    t.name: t
+    for t in (
+        Table("scenes", SCENES, ("scene_id",)),
+        Table("tiles", TILES, ("scene_id", "tile_row", "tile_col"), ("sensor", "acq_month")),
+        Table("rejected", REJECTED, ("run_id", "href", "scene_id", "stage")),
+        Table("runs", RUNS, ("run_id",)),
+    )
+}

@@ -1,0 +1,125 @@
+"""Thin Arrow/pandas wrappers that run the ingest reads inside executor Python workers.
+
+They only convert between Arrow batches and the kernels of :mod:`udfs.reader` /
+:mod:`udfs.tiling`; errors become records (scene, file, stage, reason) instead of
+failing the task, so one bad scene never stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import rasterio
+from rasterio.crs import CRS
+from rasterio.warp import transform_bounds
+
+from udfs.errors import SceneError
+from udfs.reader import GDAL_ENV, SceneSource, inspect_scene, read_block, scene_error_row
+from udfs.sensors import BAND_COLUMNS, SENSORS
+from udfs.tiling import ReadBlock, encode_array, encode_mask
+
+INSPECT_SCHEMA = "scene_id string, info string, error string"
+
+
+def inspect_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """mapInPandas: ``source`` (SceneSource JSON) -> scene record JSON or error JSON."""
+    with rasterio.Env(**GDAL_ENV):
+        for pdf in batches:
+            out = []
+            for text in pdf["source"]:
+                src = SceneSource.from_json(text)
+                try:
+                    info = inspect_scene(src)
+                    out.append((src.scene_id, json.dumps(info, default=_json_default), None))
+                except SceneError as e:
+                    if e.scene_id is None:
+                        e.scene_id = src.scene_id
+                    out.append((src.scene_id, None, json.dumps(scene_error_row(e))))
+            yield pd.DataFrame(out, columns=["scene_id", "info", "error"])
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.isoformat()
+    raise TypeError(type(v))
+
+
+def tiles_from_block(
+    scene: dict[str, Any], block: ReadBlock, tile_size: int, overlap: int, resampling: str
+) -> list[dict[str, Any]]:
+    """Read one block and build the ``tiles`` rows (pixel columns encoded) for it."""
+    sensor = SENSORS[scene["sensor"]]
+    refl_cols = [b.common for b in sensor.reflectance_bands]
+    dtype = np.result_type(*[np.dtype(b["dtype"]) for b in scene["bands"]])
+    crs = CRS.from_wkt(scene["crs_wkt"])
+    rows = []
+    for tile in read_block(scene, block, tile_size, overlap, resampling):
+        arrays = tile["arrays"]
+        valid = np.ones((tile["window"].height, tile["window"].width), dtype=bool)
+        for c in refl_cols:
+            valid &= arrays[c] != sensor.nodata
+        w = tile["window"]
+        row = {
+            "scene_id": scene["scene_id"],
+            "tile_row": w.tile_row,
+            "tile_col": w.tile_col,
+            "sensor": scene["sensor"],
+            "acquired_date": date.fromisoformat(scene["acquired_date"]),
+            "acq_month": scene["acq_month"],
+            "crs_epsg": scene["crs_epsg"],
+            "transform": list(tile["transform"]),
+            "bounds": list(tile["bounds"]),
+            "bbox_wgs84": list(transform_bounds(crs, "EPSG:4326", *tile["bounds"], densify_pts=5)),
+            "row_off": w.row_off,
+            "col_off": w.col_off,
+            "width": w.width,
+            "height": w.height,
+            "dtype": dtype.name,
+            "valid_fraction": float(valid.mean()),
+            "valid": encode_mask(valid),
+        }
+        for c in BAND_COLUMNS:
+            row[c] = encode_array(arrays[c].astype(dtype, copy=False)) if c in arrays else None
+        rows.append(row)
+    return rows
+
+
+def make_tile_reader(
+    schema: pa.Schema,
+    tile_size: int,
+    overlap: int,
+    resampling: str,
+    report_error: Callable[[list[dict[str, Any]]], None],
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """Build the mapInArrow function: block rows in, tile rows out.
+
+    Parameters
+    ----------
+    schema : pyarrow.Schema
+        Arrow schema of the ``tiles`` table.
+    report_error : callable
+        Receives a ``rejected`` record when a block cannot be read (an accumulator's
+        ``add`` on the driver side), so the driver can reject the whole scene.
+    """
+
+    def read_tiles(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        with rasterio.Env(**GDAL_ENV):
+            for batch in batches:
+                for rec in batch.to_pylist():
+                    scene = json.loads(rec["scene"])
+                    block = ReadBlock(*(rec[k] for k in ReadBlock.__dataclass_fields__))
+                    try:
+                        rows = tiles_from_block(scene, block, tile_size, overlap, resampling)
+                    except SceneError as e:
+                        report_error([scene_error_row(e)])
+                        continue
+                    if rows:
+                        yield pa.RecordBatch.from_pylist(rows, schema=schema)
+
+    return read_tiles

@@ -1,0 +1,161 @@
+"""Tile geometry and the tile pixel encoding: pure numpy, no I/O.
+
+The scene grid is the grid of the scene's finest band (10 m for Sentinel-2, 30 m for
+Landsat). Tile ``(r, c)`` has its *core* at rows ``[r*T, (r+1)*T)`` and columns
+``[c*T, (c+1)*T)`` of that grid, grown by ``overlap`` pixels on every side and clipped to
+the scene: edge tiles are smaller than ``T`` (never padded), so every stored pixel is a
+real pixel of the scene.
+
+Pixel encoding (one ``binary`` column per band in ``tiles``): the raw bytes of a
+C-ordered, little-endian array of shape ``(height, width)`` and dtype ``tiles.dtype``;
+``np.frombuffer(b, dtype=np.dtype(dtype).newbyteorder('<')).reshape(height, width)``
+decodes it. The ``valid`` column is ``np.packbits`` (big bit order) of the boolean
+valid-pixel mask of the same shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TileWindow:
+    """One tile of a scene grid, in pixel units of that grid.
+
+    Attributes
+    ----------
+    tile_row, tile_col : int
+        Index of the tile's core in the tile grid.
+    row_off, col_off : int
+        Upper-left pixel of the tile (overlap included) in the scene grid.
+    height, width : int
+        Size of the tile in pixels (overlap included, clipped to the scene).
+    """
+
+    tile_row: int
+    tile_col: int
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class ReadBlock:
+    """A rectangle of tiles one executor task reads at once.
+
+    ``row_off, col_off, height, width`` is the pixel window (scene grid) covering every
+    tile of the block, overlap included.
+    """
+
+    tile_row0: int
+    tile_col0: int
+    n_rows: int
+    n_cols: int
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+
+
+def tile_grid_shape(height: int, width: int, tile_size: int) -> tuple[int, int]:
+    """Number of tile rows and columns that cover a ``height x width`` grid."""
+    return -(-height // tile_size), -(-width // tile_size)
+
+
+def tile_window(
+    tile_row: int, tile_col: int, height: int, width: int, tile_size: int, overlap: int = 0
+) -> TileWindow:
+    """The pixel window of tile ``(tile_row, tile_col)``, overlap included, clipped."""
+    r0 = max(0, tile_row * tile_size - overlap)
+    c0 = max(0, tile_col * tile_size - overlap)
+    r1 = min(height, (tile_row + 1) * tile_size + overlap)
+    c1 = min(width, (tile_col + 1) * tile_size + overlap)
+    return TileWindow(tile_row, tile_col, r0, c0, r1 - r0, c1 - c0)
+
+
+def plan_read_blocks(
+    height: int, width: int, tile_size: int, overlap: int = 0, tiles_per_read: int = 4
+) -> list[ReadBlock]:
+    """Split a scene grid into blocks of ``tiles_per_read x tiles_per_read`` tiles.
+
+    Each block is one executor task: it reads one window per band and cuts its tiles in
+    memory, so a file's internal blocks are decoded about once.
+    """
+    n_tr, n_tc = tile_grid_shape(height, width, tile_size)
+    blocks = []
+    for tr in range(0, n_tr, tiles_per_read):
+        for tc in range(0, n_tc, tiles_per_read):
+            nr = min(tiles_per_read, n_tr - tr)
+            nc = min(tiles_per_read, n_tc - tc)
+            first = tile_window(tr, tc, height, width, tile_size, overlap)
+            last = tile_window(tr + nr - 1, tc + nc - 1, height, width, tile_size, overlap)
+            blocks.append(
+                ReadBlock(
+                    tr,
+                    tc,
+                    nr,
+                    nc,
+                    first.row_off,
+                    first.col_off,
+                    last.row_off + last.height - first.row_off,
+                    last.col_off + last.width - first.col_off,
+                )
+            )
+    return blocks
+
+
+def block_tiles(block: ReadBlock, height: int, width: int, tile_size: int, overlap: int = 0):
+    """The tile windows of ``block``, row-major."""
+    return [
+        tile_window(tr, tc, height, width, tile_size, overlap)
+        for tr in range(block.tile_row0, block.tile_row0 + block.n_rows)
+        for tc in range(block.tile_col0, block.tile_col0 + block.n_cols)
+    ]
+
+
+def tile_transform(transform: tuple[float, ...], row_off: int, col_off: int) -> tuple[float, ...]:
+    """Affine ``(a, b, c, d, e, f)`` of a tile whose upper-left pixel is ``(row_off, col_off)``."""
+    a, b, c, d, e, f = transform[:6]
+    return (a, b, c + a * col_off + b * row_off, d, e, f + d * col_off + e * row_off)
+
+
+def window_bounds(
+    transform: tuple[float, ...], row_off: int, col_off: int, height: int, width: int
+) -> tuple[float, float, float, float]:
+    """``(minx, miny, maxx, maxy)`` of a pixel window under a north-up affine transform."""
+    a, _, c, _, e, f = transform[:6]
+    x0 = c + a * col_off
+    x1 = c + a * (col_off + width)
+    y0 = f + e * row_off
+    y1 = f + e * (row_off + height)
+    return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def encode_array(arr: np.ndarray) -> bytes:
+    """Raw little-endian C-order bytes of a 2-D array (see module docstring)."""
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+
+
+def decode_array(buf: bytes, dtype: str, height: int, width: int) -> np.ndarray:
+    """Inverse of :func:`encode_array`; raises ``ValueError`` if the size does not match."""
+    dt = np.dtype(dtype).newbyteorder("<")
+    expected = height * width * dt.itemsize
+    if len(buf) != expected:
+        raise ValueError(
+            f"pixel buffer has {len(buf)} bytes, expected {expected} for {height}x{width} {dtype}"
+        )
+    return np.frombuffer(buf, dtype=dt).reshape(height, width)
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """Pack a boolean ``(height, width)`` mask to bits (``np.packbits``, big bit order)."""
+    return np.packbits(mask.astype(bool, copy=False), axis=None).tobytes()
+
+
+def decode_mask(buf: bytes, height: int, width: int) -> np.ndarray:
+    """Inverse of :func:`encode_mask`."""
+    bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), count=height * width)
+    return bits.reshape(height, width).astype(bool)
