@@ -89,3 +89,31 @@ def build_session(config: Config) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def spark_defaults(python: str = sys.executable) -> str:
+    """``spark-defaults.conf`` text that lets plain ``spark-submit`` run the jobs with Delta.
+
+    ``make setup`` writes it into the virtual environment's pyspark (``$SPARK_HOME/conf``),
+    which is where a cluster keeps the same settings.
+    """
+    lines = {
+        "spark.jars.packages": delta_package(),
+        "spark.jars.ivySettings": str(IVY_SETTINGS),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.pyspark.python": python,
+        "spark.pyspark.driver.python": python,
+    }
+    return "".join(f"{k} {v}\n" for k, v in lines.items())
+
+
+def write_spark_defaults() -> Path:
+    """Write :func:`spark_defaults` to the installed pyspark's ``conf/spark-defaults.conf``."""
+    import pyspark
+
+    conf_dir = Path(pyspark.__file__).resolve().parent / "conf"
+    conf_dir.mkdir(exist_ok=True)
+    path = conf_dir / "spark-defaults.conf"
+    path.write_text(spark_defaults())
+    return path

@@ -1,0 +1,45 @@
+# The README's two commands are `make demo` and `make test`; .ci/run calls `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_SIZE ?= 512
+
+.PHONY: setup demo test test-fast lint bench jars clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -c "from pipelines.session import write_spark_defaults as w; print('spark-submit defaults:', w())"
+	touch $@
+
+setup: $(VENV)/.installed
+
+## Command 1: set up, write the demo scenes, ingest them, print what was produced.
+demo: setup
+	$(PY) -m pipelines.demo --out data/demo --size $(DEMO_SIZE)
+	$(PY) -m pipelines.ingest --profile local
+
+## Command 2: the whole test suite.
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not spark"
+
+lint: setup
+	$(VENV)/bin/ruff check pipelines udfs tests bench
+	$(VENV)/bin/ruff format --check pipelines udfs tests bench
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) bench/ingest_bench.py --size 5490
+
+## Fallback when Spark's Ivy cannot resolve Delta: fetch the same jars with Maven.
+jars:
+	mvn -q dependency:copy -Dartifact=io.delta:delta-spark_4.1_2.13:4.4.0 -DoutputDirectory=.jars
+	mvn -q dependency:copy -Dartifact=io.delta:delta-storage:4.4.0 -DoutputDirectory=.jars
+	@echo "now run with: --set spark.jars=$$(ls .jars/*.jar | paste -sd, -)"
+
+clean:
+	rm -rf output data/demo .pytest_cache
