@@ -192,6 +192,11 @@ def discover_folder(root: Path) -> list[Candidate]:
 def _stac_sensor(item: pystac.Item) -> str | None:
     props = item.properties
     platform = str(props.get("platform", "")).lower().replace("_", "-")
+    if not platform:  # older catalogues: the product id tells the platform
+        if m := re.match(r"^L[COTE]0(\d)_", item.id):
+            platform = f"landsat-{m.group(1)}"
+        elif m := re.match(r"^S2([ABC])_", item.id):
+            platform = f"sentinel-2{m.group(1).lower()}"
     text = " ".join(
         str(x).lower() for x in (item.collection_id, props.get("s2:product_type"), item.id)
     )
@@ -208,7 +213,8 @@ def _asset_band(key: str, asset: pystac.Asset, sensor: Sensor) -> str | None:
     eo = asset.extra_fields.get("eo:bands") or []
     names = [key]
     for b in eo:
-        names += [b.get("name", ""), b.get("common_name", "")]
+        if isinstance(b, dict):  # STAC 1.0.0-beta items list band indices here instead
+            names += [b.get("name", ""), b.get("common_name", "")]
     for name in names:
         n = str(name).lower().removesuffix(".tif")
         for band in sensor.bands:

@@ -282,6 +282,13 @@ def ingest(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
     return run
 
 
+def record_run(spark: SparkSession, lake: Lakehouse, run: Run, status: str) -> None:
+    """Append the run's rejected inputs and its ``runs`` row (also when the run failed)."""
+    if run.rejected:
+        lake.append("rejected", rejected_frame(spark, run))
+    lake.append("runs", runs_frame(spark, run, status))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ingest", description=__doc__.split("\n")[0])
     p.add_argument("--profile", default="local", help="conf/<profile>.yaml or a YAML path")
@@ -359,10 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingest failed: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     finally:
-        # Written whatever happened, so every input is accounted for even in strict mode.
-        if run.rejected:
-            lake.append("rejected", rejected_frame(spark, run))
-        lake.append("runs", runs_frame(spark, run, status))
+        record_run(spark, lake, run, status)
     print(summary(run, lake))
     return 0
 

@@ -15,7 +15,9 @@ def test_local_and_cluster_profiles_load():
 
 
 def test_overrides_are_applied_and_typed():
-    c = load_config("local", ["ingest.tile_size=512", "ingest.strict=true", "storage.format=parquet"])
+    c = load_config(
+        "local", ["ingest.tile_size=512", "ingest.strict=true", "storage.format=parquet"]
+    )
     assert c.ingest.tile_size == 512
     assert c.ingest.strict is True
     assert c.storage.format == "parquet"

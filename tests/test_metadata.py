@@ -64,11 +64,15 @@ def test_landsat_mtl_real_file(shared_data):
 
 def test_landsat_mtl_without_date_is_refused():
     with pytest.raises(MetadataError, match="DATE_ACQUIRED"):
-        parse_landsat_mtl('GROUP = LANDSAT_METADATA_FILE\nEND_GROUP = LANDSAT_METADATA_FILE\nEND\n')
+        parse_landsat_mtl("GROUP = LANDSAT_METADATA_FILE\nEND_GROUP = LANDSAT_METADATA_FILE\nEND\n")
 
 
 def test_stac_properties_follow_baseline_and_offset_applied_flag():
-    props = {"datetime": "2023-05-01T10:00:00Z", "platform": "sentinel-2a", "s2:processing_baseline": "05.09"}
+    props = {
+        "datetime": "2023-05-01T10:00:00Z",
+        "platform": "sentinel-2a",
+        "s2:processing_baseline": "05.09",
+    }
     assert parse_stac_properties(props, "sentinel2-l2a").scaling["B04"][1] == pytest.approx(-0.1)
     props["earthsearch:boa_offset_applied"] = True
     assert parse_stac_properties(props, "sentinel2-l2a").scaling["B04"][1] == 0.0
@@ -77,5 +81,7 @@ def test_stac_properties_follow_baseline_and_offset_applied_flag():
 
 
 def test_parse_time_variants():
-    assert parse_time("2020-10-31T14:31:47.8083990Z") == datetime(2020, 10, 31, 14, 31, 47, 808399, tzinfo=timezone.utc)
+    assert parse_time("2020-10-31T14:31:47.8083990Z") == datetime(
+        2020, 10, 31, 14, 31, 47, 808399, tzinfo=timezone.utc
+    )
     assert parse_time("2020-02-19T11:34:25Z").tzinfo is not None

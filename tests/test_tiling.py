@@ -32,7 +32,9 @@ def test_overlap_grows_tiles_and_is_clipped_at_the_scene_edge():
     assert (w.row_off, w.col_off, w.height, w.width) == (248, 248, 272, 272)
 
 
-@pytest.mark.parametrize("h, w, t, per", [(1000, 777, 256, 2), (5490, 5490, 256, 4), (10, 10, 256, 4)])
+@pytest.mark.parametrize(
+    "h, w, t, per", [(1000, 777, 256, 2), (5490, 5490, 256, 4), (10, 10, 256, 4)]
+)
 def test_read_blocks_hold_every_tile_exactly_once(h, w, t, per):
     blocks = plan_read_blocks(h, w, t, 0, per)
     cover = np.zeros((h, w), dtype=np.int32)
@@ -50,7 +52,12 @@ def test_read_blocks_hold_every_tile_exactly_once(h, w, t, per):
 def test_tile_transform_and_bounds_by_hand():
     transform = (10.0, 0.0, 600000.0, 0.0, -10.0, 5700000.0)
     assert tile_transform(transform, 256, 512) == (10.0, 0.0, 605120.0, 0.0, -10.0, 5697440.0)
-    assert window_bounds(transform, 256, 512, 256, 256) == (605120.0, 5694880.0, 607680.0, 5697440.0)
+    assert window_bounds(transform, 256, 512, 256, 256) == (
+        605120.0,
+        5694880.0,
+        607680.0,
+        5697440.0,
+    )
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])

@@ -1,0 +1,264 @@
+"""Spectral indices: hand-worked values, nodata rules, band maps, safety, spyndex cross-check."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import numpy as np
+import pytest
+
+from udfs import indices
+from udfs.indices import (
+    INDICES,
+    SENSOR_BAND_MAP,
+    FormulaError,
+    MissingIndexBandError,
+    UnknownIndexError,
+    compute_indices,
+    index_columns,
+    parse_formula,
+)
+from udfs.masks import UnknownSensorError
+from udfs.sensors import SENSORS
+
+NAN, INF = np.nan, np.inf
+ALL_SENSORS = ("sentinel2-l2a", "sentinel2-l1c", "landsat-c2l2", "landsat-c2l2-tm")
+
+
+def f32(rows):
+    return np.array(rows, dtype=np.float32)
+
+
+def _close(actual, expected):
+    assert actual.dtype == np.float32
+    assert actual.shape == (3, 3)
+    np.testing.assert_allclose(actual, np.array(expected), rtol=1e-6, atol=1e-7)
+
+
+# (a - b) / (a + b) worked by hand, cell by cell:
+#  0.2/0.4  -0.2/0.4  0/0 ; 0/0.4  1.0/0  NaN in ; inf/inf  0.3/0.5  -0.2/0.2
+ND_A = [[0.3, 0.1, 0.0], [0.2, 0.5, NAN], [INF, 0.4, 0.0]]
+ND_B = [[0.1, 0.3, 0.0], [0.2, -0.5, 0.1], [0.1, 0.1, 0.2]]
+ND_EXPECTED = [[0.5, -0.5, NAN], [0.0, NAN, NAN], [NAN, 0.6, -1.0]]
+
+
+@pytest.mark.parametrize(
+    ("name", "a", "b"),
+    [
+        ("NDVI", "nir", "red"),
+        ("NDWI", "green", "nir"),  # McFeeters
+        ("MNDWI", "green", "swir16"),
+        ("NDBI", "swir16", "nir"),
+        ("NBR", "nir", "swir22"),
+        ("NDMI", "nir", "swir16"),
+    ],
+)
+@pytest.mark.parametrize("sensor", ["sentinel2-l2a", "landsat-c2l2"])
+def test_normalized_differences_by_hand(name, a, b, sensor):
+    # Landsat stores its NIR band under the common name nir08
+    column = {"nir": "nir08"} if sensor == "landsat-c2l2" else {}
+    bands = {column.get(a, a): f32(ND_A), column.get(b, b): f32(ND_B)}
+    out = compute_indices(bands, [name], sensor)
+    assert list(out) == [name]
+    _close(out[name], ND_EXPECTED)
+
+
+def test_evi_by_hand():
+    # 2.5 (N - R) / (N + 6 R - 7.5 B + 1)
+    nir = f32([[0.5, 0.3, 0.875], [0.0, 0.4, NAN], [0.6, 0.2, 0.1]])
+    red = f32([[0.1, 0.2, 0.0], [0.0, 0.4, 0.1], [0.1, 0.1, 0.3]])
+    blue = f32([[0.05, 0.1, 0.25], [0.0, 0.2, 0.1], [0.1, INF, 0.0]])
+    out = compute_indices({"nir": nir, "red": red, "blue": blue}, ["EVI"], "sentinel2-l2a")
+    # 1/1.725, 0.25/1.75, 2.1875/0 ; 0/1, 0/1.3, NaN ; 1.25/1.45, inf input, -0.5/2.9
+    _close(
+        out["EVI"],
+        [[0.5797101, 0.1428571, NAN], [0.0, 0.0, NAN], [0.8620690, NAN, -0.1724138]],
+    )
+
+
+def test_savi_by_hand():
+    # 1.5 (N - R) / (N + R + 0.5)
+    nir = f32([[0.5, 0.0, -0.25], [-0.5, 0.3, 0.4], [NAN, INF, 0.2]])
+    red = f32([[0.1, 0.0, -0.25], [0.0, 0.3, 0.2], [0.1, 0.1, 0.4]])
+    out = compute_indices({"nir": nir, "red": red}, ["SAVI"], "sentinel2-l2a")
+    # 0.6/1.1, 0/0.5, 0/0 ; -0.75/0, 0/1.1, 0.3/1.1 ; NaN, inf, -0.3/1.1
+    _close(
+        out["SAVI"],
+        [[0.5454545, 0.0, NAN], [NAN, 0.0, 0.2727273], [NAN, NAN, -0.2727273]],
+    )
+
+
+def test_inf_input_is_nodata_even_where_the_formula_is_finite():
+    # EVI = 0.25 / -inf = -0.0 mathematically; an infinite reflectance is no measurement
+    one = np.ones((1, 1), np.float32)
+    bands = {"nir": one * 0.2, "red": one * 0.1, "blue": one * INF}
+    assert np.isnan(compute_indices(bands, ["EVI"], "sentinel2-l2a")["EVI"]).all()
+
+
+def test_all_masked_input_gives_all_nan():
+    nan = np.full((3, 3), NAN, np.float32)
+    out = compute_indices({"nir": nan, "red": nan}, ["NDVI", "SAVI"], "sentinel2-l1c")
+    assert all(np.isnan(a).all() and a.dtype == np.float32 for a in out.values())
+
+
+def test_float64_input_gives_float32_output_and_input_untouched():
+    nir = np.array([[0.5, 0.0]])
+    red = np.array([[0.1, 0.0]])
+    out = compute_indices({"nir": nir, "red": red}, ["NDVI"], "sentinel2-l2a")["NDVI"]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0.6666667, NAN]], rtol=1e-6)
+    np.testing.assert_array_equal(nir, [[0.5, 0.0]])
+
+
+def test_several_indices_keep_the_requested_order():
+    b = {c: np.full((3, 3), 0.2, np.float32) for c in ("nir08", "red", "swir22", "blue")}
+    out = compute_indices(b, ["NBR", "NDVI", "EVI"], "landsat-c2l2-tm")
+    assert list(out) == ["NBR", "NDVI", "EVI"]
+
+
+# --------------------------------------------------------------------------- band maps
+
+
+def test_nir_is_b08_for_sentinel2_and_nir08_for_landsat():
+    assert SENSOR_BAND_MAP["sentinel2-l2a"]["nir"] == "nir"
+    assert SENSOR_BAND_MAP["sentinel2-l1c"]["nir"] == "nir"
+    assert SENSOR_BAND_MAP["landsat-c2l2"]["nir"] == "nir08"
+    assert SENSOR_BAND_MAP["landsat-c2l2-tm"]["nir"] == "nir08"
+    assert SENSORS["sentinel2-l2a"].band("nir").name == "B08"
+    assert SENSORS["landsat-c2l2"].band("nir08").name == "SR_B5"
+    assert SENSORS["landsat-c2l2-tm"].band("nir08").name == "SR_B4"
+
+
+@pytest.mark.parametrize("sensor", ALL_SENSORS)
+def test_every_index_resolves_to_real_columns_of_every_sensor(sensor):
+    commons = {b.common for b in SENSORS[sensor].reflectance_bands}
+    cols = index_columns(list(INDICES), sensor)
+    assert set(cols) == set(INDICES)
+    assert {c for m in cols.values() for c in m.values()} <= commons
+
+
+def test_index_columns_for_landsat_ndvi():
+    assert index_columns(["NDVI"], "landsat-c2l2") == {"NDVI": {"nir": "nir08", "red": "red"}}
+
+
+def test_landsat_nir_column_missing_names_index_band_and_column():
+    bands = {"nir": np.ones((3, 3), np.float32), "red": np.ones((3, 3), np.float32)}
+    with pytest.raises(MissingIndexBandError) as info:
+        compute_indices(bands, ["NDVI"], "landsat-c2l2")
+    err = info.value
+    assert isinstance(err, KeyError)
+    assert (err.index, err.band, err.column) == ("NDVI", "nir", "nir08")
+    assert "NDVI" in str(err) and "'nir'" in str(err) and "'nir08'" in str(err)
+
+
+def test_missing_band_is_reported_before_any_index_is_computed():
+    bands = {"nir": np.ones((3, 3), np.float32), "red": np.ones((3, 3), np.float32)}
+    with pytest.raises(MissingIndexBandError, match="NBR.*swir22"):
+        compute_indices(bands, ["NDVI", "NBR"], "sentinel2-l2a")
+
+
+def test_band_the_sensor_lacks_is_reported(monkeypatch):
+    ndre = parse_formula("NDRE", "(nir - rededge1) / (nir + rededge1)")
+    monkeypatch.setattr(indices, "INDICES", MappingProxyType({**INDICES, "NDRE": ndre}))
+    with pytest.raises(MissingIndexBandError, match="NDRE.*rededge1.*landsat-c2l2") as info:
+        compute_indices({}, ["NDRE"], "landsat-c2l2")
+    assert info.value.column is None
+
+
+def test_unknown_index_and_sensor_are_key_errors():
+    with pytest.raises(UnknownIndexError, match="NDVX") as info:
+        compute_indices({}, ["NDVX"], "sentinel2-l2a")
+    assert isinstance(info.value, KeyError)
+    with pytest.raises(UnknownSensorError, match="modis") as info2:
+        compute_indices({}, ["NDVI"], "modis")
+    assert isinstance(info2.value, KeyError)
+
+
+def test_dn_input_is_rejected():
+    bands = {"nir": np.ones((3, 3), np.uint16), "red": np.ones((3, 3), np.uint16)}
+    with pytest.raises(TypeError, match="to_reflectance"):
+        compute_indices(bands, ["NDVI"], "sentinel2-l2a")
+
+
+def test_bands_of_different_shape_are_rejected():
+    bands = {"nir": np.ones((3, 3), np.float32), "red": np.ones((2, 3), np.float32)}
+    with pytest.raises(ValueError, match="shape"):
+        compute_indices(bands, ["NDVI"], "sentinel2-l2a")
+
+
+# --------------------------------------------------------------------------- formulas
+
+
+def test_index_bands_are_read_from_the_formula():
+    assert INDICES["NDVI"].bands == ("nir", "red")
+    assert INDICES["EVI"].bands == ("nir", "red", "blue")
+    assert INDICES["NDWI"].bands == ("green", "nir")
+    assert INDICES["NDBI"].bands == ("swir16", "nir")
+
+
+def test_a_new_index_is_one_formula():
+    gndvi = parse_formula("GNDVI", "(nir - green) / (nir + green)")
+    assert gndvi.bands == ("nir", "green")
+    got = gndvi.fn({"nir": np.array([0.5]), "green": np.array([0.1])})
+    np.testing.assert_allclose(got, [0.4 / 0.6])
+    msavi = parse_formula("MSAVI", "(2 * nir + 1 - sqrt((2 * nir + 1) ** 2 - 8 * (nir - red))) / 2")
+    # nir 0.5, red 0.1: (2 - sqrt(4 - 3.2)) / 2
+    got = msavi.fn({"nir": np.array([0.5]), "red": np.array([0.1])})
+    np.testing.assert_allclose(got, [0.5527864])
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "__import__('os').system('true')",
+        "nir.real",
+        "nir[0]",
+        "lambda: nir",
+        "nir if red else blue",
+        "open(nir)",
+        "sqrt(nir, red)",
+        "sqrt(x=nir)",
+        "nir > red",
+        "'nir' * 2",
+        "True + nir",
+        "nri + red",
+        "(nir",
+        "1 + 2",
+    ],
+)
+def test_formulas_other_than_band_arithmetic_are_rejected(formula):
+    with pytest.raises(FormulaError, match="index X"):
+        parse_formula("X", formula)
+
+
+# --------------------------------------------------------------------------- spyndex
+
+
+def _spyndex():
+    try:
+        import spyndex
+    except Exception as e:  # noqa: BLE001 - any failure to load its catalogue means skip
+        pytest.skip(f"spyndex cannot be loaded ({type(e).__name__}: {e})")
+    return spyndex
+
+
+# spyndex band symbols -> our index band names; constants as the catalogue defines them
+SPYNDEX_BANDS = {"N": "nir", "R": "red", "G": "green", "B": "blue", "S1": "swir16", "S2": "swir22"}
+SPYNDEX_CONSTANTS = {"EVI": {"g": 2.5, "C1": 6.0, "C2": 7.5, "L": 1.0}, "SAVI": {"L": 0.5}}
+
+
+@pytest.mark.parametrize("name", sorted(INDICES))
+def test_matches_spyndex_catalogue(name):
+    spyndex = _spyndex()
+    entry = spyndex.indices[name]
+    constants = SPYNDEX_CONSTANTS.get(name, {})
+    symbols = [s for s in entry.bands if s not in constants]
+    assert {SPYNDEX_BANDS[s] for s in symbols} == set(INDICES[name].bands), entry.formula
+
+    rng = np.random.default_rng(20240229)
+    ours = {b: rng.uniform(0.01, 0.6, (64, 64)).astype(np.float32) for b in SPYNDEX_BANDS.values()}
+    params = {s: ours[SPYNDEX_BANDS[s]].astype(np.float64) for s in symbols} | constants
+    expected = np.asarray(spyndex.computeIndex(index=name, params=params), dtype=np.float64)
+    got = compute_indices(ours, [name], "sentinel2-l2a")[name]
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
