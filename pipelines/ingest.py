@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -33,6 +37,15 @@ from udfs.reader import SceneSource, scene_error_row
 from udfs.tiling import ReadBlock, plan_read_blocks, tile_grid_shape
 
 JOB = "ingest"
+log = logging.getLogger("eo.ingest")
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Log how long a phase of the job took (INFO)."""
+    t0 = time.perf_counter()
+    yield
+    log.info("%s took %.2f s", name, time.perf_counter() - t0)
 
 
 class ListParam(AccumulatorParam):
@@ -252,26 +265,30 @@ def check_strict(run: Run) -> None:
 def ingest(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
     """Run the whole ingest for ``run.config``; returns ``run`` with its accounting filled."""
     config = run.config
-    sources = split_candidates(run, discover(config.ingest.source))
+    with phase("discover"):
+        sources = split_candidates(run, discover(config.ingest.source))
     check_strict(run)
-    todo, rebuild = skip_ingested(run, sources, existing_tilings(lake))
-    lake.delete("tiles", "scene_id", rebuild)
-    lake.delete("scenes", "scene_id", rebuild)
-
-    infos = inspect_scenes(spark, run, todo)
+    with phase("incremental check"):
+        todo, rebuild = skip_ingested(run, sources, existing_tilings(lake))
+        lake.delete("tiles", "scene_id", rebuild)
+        lake.delete("scenes", "scene_id", rebuild)
+    with phase(f"inspect {len(todo)} scene(s)"):
+        infos = inspect_scenes(spark, run, todo)
     check_strict(run)
 
     errors = spark.sparkContext.accumulator([], ListParam())
-    if infos:
-        lake.merge("tiles", tiles_frame(blocks_frame(spark, infos, config), config, errors))
+    with phase("read and write tiles"):
+        if infos:
+            lake.merge("tiles", tiles_frame(blocks_frame(spark, infos, config), config, errors))
     failed = sorted({e["scene_id"] for e in errors.value})
     # A scene with an unreadable block is rejected whole: remove what was written of it.
     lake.delete("tiles", "scene_id", failed)
     for e in {e["scene_id"]: e for e in errors.value}.values():
         run.rejected.append(e)
     good = [i for i in infos if i["scene_id"] not in failed]
-    if good:
-        lake.merge("scenes", scenes_frame(spark, run, good))
+    with phase("write scenes"):
+        if good:
+            lake.merge("scenes", scenes_frame(spark, run, good))
     run.ingested = [i["scene_id"] for i in good]
     run.tiles_written = sum(
         tile_grid_shape(i["height"], i["width"], config.ingest.tile_size)[0]
@@ -349,6 +366,7 @@ def summary(run: Run, lake: Lakehouse) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
     try:
         config = config_from_args(args)

@@ -60,10 +60,12 @@ class Lakehouse:
         """Insert the rows of ``df`` whose key is not in table ``name`` yet."""
         table = TABLES[name]
         df = df.select(*table.schema.fieldNames())
+        if not self.exists(name):
+            self.append(name, df)  # nothing to merge with: a plain (atomic) first write
+            return
         if self.format == "delta":
             from delta.tables import DeltaTable
 
-            self._create(table)
             cond = " AND ".join(f"t.{k} <=> s.{k}" for k in table.key)
             if table.partition_by:
                 # Partition columns in the condition let Delta prune the target's files.
@@ -76,10 +78,8 @@ class Lakehouse:
                 .execute()
             )
             return
-        if self.exists(name):
-            keys = self.read(name).select(*table.key)
-            df = df.join(keys, on=list(table.key), how="left_anti")
-        self.append(name, df)
+        keys = self.read(name).select(*table.key)
+        self.append(name, df.join(keys, on=list(table.key), how="left_anti"))
 
     def append(self, name: str, df: DataFrame) -> None:
         """Append rows (for tables whose rows are new by construction: runs, rejected)."""

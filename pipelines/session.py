@@ -41,6 +41,7 @@ def with_base(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.B
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.ui.enabled", str(cfg.ui).lower())
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config(
             "spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_max_records_per_batch)
@@ -64,6 +65,11 @@ def with_delta(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.
     ).config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
     # Insert-only MERGE of freshly read tiles: do not copy the source aside first.
     builder = builder.config("spark.databricks.delta.merge.materializeSource", "none")
+    # Delta rebuilds a table's state from its log in 50 partitions by default: far too many
+    # tasks for the small logs of these tables (each costs a task launch).
+    builder = builder.config(
+        "spark.databricks.delta.snapshotPartitions", str(max(2, cfg.shuffle_partitions))
+    )
     if under_spark_submit():
         return builder  # jars come from spark-submit (--packages or spark-defaults.conf)
     if cfg.jars:

@@ -1,0 +1,440 @@
+"""A real standalone Spark cluster: the ingest job through ``spark-submit``, code shipped as a zip.
+
+A master and one worker are started on 127.0.0.1 with the installed pyspark's own
+``spark-class``; the project's ``pipelines/`` and ``udfs/`` packages travel to the executors
+with ``--py-files`` as they would to a cluster that has none of this repository. Delta's jar
+comes from ``$SPARK_HOME/conf/spark-defaults.conf`` (``write_spark_defaults``), as it does for
+a plain ``spark-submit`` after ``make setup``.
+
+Expected values are computed here: tile counts from the reference band's shape (plain
+rasterio), pixels from windows read with plain rasterio.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyspark
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+SPARK_HOME = Path(pyspark.__file__).resolve().parent
+# The virtual environment's spark-submit (next to the interpreter running the tests).
+SPARK_SUBMIT = Path(sys.executable).parent / "spark-submit"
+# Named by path: profile names are looked up beside the imported `pipelines` package, which
+# is inside the zip here (see test_profile_names_resolve_when_code_is_imported_from_a_zip).
+PROFILE = REPO / "conf" / "local.yaml"
+TILE = 256
+START_TIMEOUT_S = 60
+SUBMIT_TIMEOUT_S = 300
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return f"({path} does not exist)"
+    text = path.read_text(errors="replace").splitlines()
+    return f"--- last {min(lines, len(text))} lines of {path}:\n" + "\n".join(text[-lines:])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop ``proc`` and its process group (its executors and their Python workers)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+    # Children (executor JVMs, Python workers) share the group even after the leader exits.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+@dataclass
+class Cluster:
+    url: str
+    env: dict[str, str]
+    logs: Path
+    work_dir: Path
+
+    def executor_logs(self) -> str:
+        return "\n".join(tail(p, 30) for p in sorted(self.work_dir.glob("app-*/*/stderr")))
+
+
+def wait_for(proc: subprocess.Popen, log: Path, text: str, what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with code {proc.returncode} before {text!r}\n{tail(log)}")
+        time.sleep(0.5)
+    pytest.fail(f"{what}: no {text!r} in its log after {START_TIMEOUT_S} s\n{tail(log)}")
+
+
+def spark_submit(cluster: Cluster, code_zip: Path, args: list[str], name: str) -> str:
+    """Run ``spark-submit`` against ``cluster`` from the repository root; return its stdout."""
+    cmd = [
+        str(SPARK_SUBMIT),
+        "--master",
+        cluster.url,
+        "--py-files",
+        str(code_zip),
+        "--conf",
+        f"spark.pyspark.python={sys.executable}",
+        "--conf",
+        "spark.executor.memory=1g",
+        *args,
+    ]
+    out, err = cluster.logs / f"{name}.out", cluster.logs / f"{name}.err"
+    with out.open("w") as o, err.open("w") as e:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=cluster.env, stdout=o, stderr=e, start_new_session=True
+        )
+        try:
+            rc = proc.wait(timeout=SUBMIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            stop(proc)
+            pytest.fail(
+                f"spark-submit {name} still running after {SUBMIT_TIMEOUT_S} s\n"
+                f"{tail(out)}\n{tail(err)}\n{cluster.executor_logs()}"
+            )
+    if rc != 0:
+        pytest.fail(
+            f"spark-submit {name} exited with code {rc}: {' '.join(cmd)}\n"
+            f"{tail(out)}\n{tail(err)}\n{cluster.executor_logs()}"
+        )
+    return out.read_text()
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def spark_defaults() -> Path:
+    """Delta for plain spark-submit, without relying on ``make setup`` having run."""
+    from pipelines.session import write_spark_defaults
+
+    return write_spark_defaults()
+
+
+@pytest.fixture(scope="module")
+def cluster(spark_defaults, tmp_path_factory) -> Cluster:
+    if not (SPARK_HOME / "bin" / "spark-class").is_file() or not SPARK_SUBMIT.is_file():
+        pytest.skip(f"no spark-class under {SPARK_HOME} or no {SPARK_SUBMIT}")
+    if shutil.which("java") is None and "JAVA_HOME" not in os.environ:
+        pytest.skip("no Java runtime (java on PATH or JAVA_HOME)")
+    base = tmp_path_factory.mktemp("cluster")
+    logs, work, local = base / "logs", base / "work", base / "local"
+    for d in (logs, work, local):
+        d.mkdir()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYSPARK_GATEWAY", "_PYSPARK")) and k != "PYSPARK_SUBMIT_ARGS"
+    }
+    env.pop("SPARK_CONF_DIR", None)  # spark-defaults.conf must come from $SPARK_HOME/conf
+    env.update(
+        SPARK_HOME=str(SPARK_HOME),
+        SPARK_LOCAL_IP="127.0.0.1",
+        SPARK_LOCAL_DIRS=str(local),
+        PYSPARK_PYTHON=sys.executable,
+        # The REST submission server would take the fixed port 6066.
+        SPARK_MASTER_OPTS="-Dspark.master.rest.enabled=false",
+    )
+    port = free_port()
+    url = f"spark://127.0.0.1:{port}"
+    spark_class = str(SPARK_HOME / "bin" / "spark-class")
+    procs: list[subprocess.Popen] = []
+
+    def launch(args: list[str], log: Path) -> subprocess.Popen:
+        with log.open("w") as f:
+            proc = subprocess.Popen(
+                [spark_class, *args],
+                env=env,
+                cwd=base,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group: stop() ends it with its children
+            )
+        procs.append(proc)
+        return proc
+
+    try:
+        master_log = logs / "master.log"
+        master = launch(
+            [
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(free_port()),
+            ],
+            master_log,
+        )
+        wait_for(master, master_log, "New state: ALIVE", "Spark master")
+        worker_log = logs / "worker.log"
+        worker = launch(
+            [
+                "org.apache.spark.deploy.worker.Worker",
+                url,
+                "--host",
+                "127.0.0.1",
+                "--cores",
+                "2",
+                "--memory",
+                "2g",
+                "--webui-port",
+                str(free_port()),
+                "--work-dir",
+                str(work),
+            ],
+            worker_log,
+        )
+        wait_for(worker, worker_log, "Successfully registered with master", "Spark worker")
+        yield Cluster(url, env, logs, work)
+    finally:
+        for proc in reversed(procs):  # worker first, so it stops its executors
+            stop(proc)
+
+
+@pytest.fixture(scope="module")
+def code_zip(tmp_path_factory) -> tuple[Path, str]:
+    """``pipelines/`` and ``udfs/`` as a zip, plus a marker module only the zip has."""
+    token = uuid.uuid4().hex
+    path = tmp_path_factory.mktemp("ship") / "code.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for package in ("pipelines", "udfs"):
+            for f in sorted((REPO / package).glob("*.py")):
+                z.write(f, f"{package}/{f.name}")
+        z.writestr("udfs/_shipped.py", f'TOKEN = "{token}"\n')
+    return path, token
+
+
+@dataclass
+class Scene:
+    scene_id: str
+    folder: Path
+    reference: Path  # the band that defines the scene grid (B02 / SR_B2)
+
+
+def pick_scenes(root: Path) -> list[Scene]:
+    """One Sentinel-2 and one Landsat scene of ``root`` (demo layout or a COG folder)."""
+    safe = sorted(p for p in root.rglob("*.SAFE") if p.is_dir())
+    if safe:
+        s2 = Scene(safe[0].name.removesuffix(".SAFE"), safe[0], *safe[0].rglob("*_B02_10m.*"))
+    else:
+        b02 = sorted(root.rglob("B02.tif"))[0]
+        s2 = Scene(b02.parent.name, b02.parent, b02)
+    sr_b2 = sorted(root.rglob("*_SR_B2.TIF"))[0]
+    return [s2, Scene(sr_b2.parent.name, sr_b2.parent, sr_b2)]
+
+
+@pytest.fixture(scope="module")
+def source(demo_root, tmp_path_factory) -> tuple[Path, list[Scene]]:
+    """A private source folder with one Sentinel-2 and one Landsat demo scene."""
+    scenes_root = demo_root / "scenes" if (demo_root / "scenes").is_dir() else demo_root
+    src = tmp_path_factory.mktemp("cluster-source")
+    scenes = []
+    for scene in pick_scenes(scenes_root):
+        dst = src / scene.folder.name
+        shutil.copytree(scene.folder, dst)
+        scenes.append(Scene(scene.scene_id, dst, dst / scene.reference.relative_to(scene.folder)))
+    return src, scenes
+
+
+@pytest.fixture(scope="module")
+def cluster_ingest(cluster, code_zip, source, tmp_path_factory):
+    """``spark-submit pipelines/ingest.py`` on the cluster; the table root and its stdout."""
+    src, scenes = source
+    root = tmp_path_factory.mktemp("cluster-lake") / "tables"
+    started = time.monotonic()
+    out = spark_submit(
+        cluster,
+        code_zip[0],
+        [
+            "pipelines/ingest.py",
+            "--profile",
+            str(PROFILE),
+            "--source",
+            str(src),
+            "--root",
+            str(root),
+            "--tile-size",
+            str(TILE),
+        ],
+        "ingest",
+    )
+    print(f"cluster ingest took {time.monotonic() - started:.0f} s\n{out}")
+    return root, scenes, out
+
+
+def expected_tiles(reference: Path) -> int:
+    with rasterio.open(reference) as ds:
+        return math.ceil(ds.height / TILE) * math.ceil(ds.width / TILE)
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_cluster_ingest_records_every_scene(spark, cluster_ingest):
+    root, scenes, _ = cluster_ingest
+    ids = [r.scene_id for r in spark.read.format("delta").load(f"{root}/scenes").collect()]
+    assert sorted(ids) == sorted(s.scene_id for s in scenes)
+
+
+def test_cluster_ingest_writes_each_tile_exactly_once(spark, cluster_ingest):
+    root, scenes, _ = cluster_ingest
+    keys = [
+        (r.scene_id, r.tile_row, r.tile_col)
+        for r in spark.read.format("delta")
+        .load(f"{root}/tiles")
+        .select("scene_id", "tile_row", "tile_col")
+        .collect()
+    ]
+    duplicates = [k for k, n in Counter(keys).items() if n > 1]
+    assert duplicates == []
+    per_scene = Counter(k[0] for k in keys)
+    assert per_scene == {s.scene_id: expected_tiles(s.reference) for s in scenes}
+
+
+def test_cluster_ingest_records_one_succeeded_run(spark, cluster_ingest):
+    root, scenes, _ = cluster_ingest
+    runs = spark.read.format("delta").load(f"{root}/runs").collect()
+    assert len(runs) == 1
+    run = runs[0]
+    assert (run.status, run.ingested, run.rejected) == ("succeeded", len(scenes), 0)
+    assert run.tiles_written == sum(expected_tiles(s.reference) for s in scenes)
+
+
+def test_cluster_tiles_hold_the_source_pixels(spark, cluster_ingest):
+    """Every ``blue`` tile equals its window of the reference band read with plain rasterio."""
+    root, scenes, _ = cluster_ingest
+    tiles = spark.read.format("delta").load(f"{root}/tiles")
+    for scene in scenes:
+        rows = (
+            tiles.filter(tiles.scene_id == scene.scene_id)
+            .select("tile_row", "tile_col", "row_off", "col_off", "height", "width", "dtype", "blue")
+            .collect()
+        )
+        assert rows, scene.scene_id
+        with rasterio.open(scene.reference) as ds:
+            for r in rows:
+                r0, c0 = r.tile_row * TILE, r.tile_col * TILE
+                h, w = min(TILE, ds.height - r0), min(TILE, ds.width - c0)
+                where = f"{scene.scene_id} tile ({r.tile_row}, {r.tile_col})"
+                assert (r.row_off, r.col_off, r.height, r.width) == (r0, c0, h, w), where
+                assert r.dtype == "uint16", where
+                got = np.frombuffer(r.blue, dtype="<u2").reshape(r.height, r.width)
+                expected = ds.read(1, window=Window(c0, r0, w, h))
+                np.testing.assert_array_equal(got, expected, err_msg=where)
+
+
+WHERE_SCRIPT = '''
+import json
+
+from pyspark.sql import SparkSession
+
+
+def where(_):
+    import pipelines.tables
+    import udfs._shipped  # only the shipped zip has this module
+    import udfs.tiling
+
+    return {
+        "udfs": udfs.tiling.__file__,
+        "pipelines": pipelines.tables.__file__,
+        "token": udfs._shipped.TOKEN,
+    }
+
+
+spark = SparkSession.builder.appName("where-is-the-code").getOrCreate()
+found = spark.sparkContext.parallelize(range(2), 2).map(where).collect()
+print("EXECUTORS " + json.dumps(found))
+spark.stop()
+'''
+
+
+def test_executors_import_the_project_from_the_shipped_zip(cluster, code_zip, tmp_path):
+    """The venv has the project installed (editable), so prove the zip is what ran."""
+    path, token = code_zip
+    script = tmp_path / "where.py"
+    script.write_text(WHERE_SCRIPT)
+    out = spark_submit(cluster, path, [str(script)], "where")
+    line = next(x for x in out.splitlines() if x.startswith("EXECUTORS "))
+    found = json.loads(line.removeprefix("EXECUTORS "))
+    assert len(found) == 2
+    for f in found:
+        assert f["token"] == token
+        assert "code.zip" in f["udfs"] and "code.zip" in f["pipelines"], f
+        assert not f["udfs"].startswith(str(REPO)), f
+
+
+CONF_SCRIPT = """
+import pipelines.config
+
+assert "code.zip" in pipelines.config.__file__, pipelines.config.__file__
+pipelines.config.load_config("local")
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug in pipelines/config.py: CONF_DIR is Path(__file__).parent.parent / 'conf', "
+    "which is inside the zip when the code is shipped with --py-files (or in site-packages "
+    "after a non-editable install), so `--profile local` is not found",
+)
+def test_profile_names_resolve_when_code_is_imported_from_a_zip(code_zip, tmp_path):
+    """What the spark-submit driver does: script outside the repo, package from the zip."""
+    script = tmp_path / "conf_check.py"
+    script.write_text(CONF_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(code_zip[0])}
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    if proc.returncode != 0 and "config profile not found" not in proc.stderr:
+        pytest.fail(f"failed for another reason than the known bug:\n{proc.stderr[-2000:]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="session")
+def demo_root():  # DEV-ONLY
+    return Path("/work/shared/data")

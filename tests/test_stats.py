@@ -1,0 +1,213 @@
+"""Tile statistics and valid / cloud fractions: hand-worked 3x3 values and edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from udfs.stats import STAT_NAMES, fractions, stack_statistics, tile_statistics
+
+T, F = True, False
+NAN, INF = np.nan, np.inf
+ALL = np.ones((3, 3), bool)
+
+# 1..9: mean 5, var 60/9, p10 at position 0.8 -> 1.8, p90 at 7.2 -> 8.2
+ONE_TO_NINE = {
+    "count": 9,
+    "mean": 5.0,
+    "std": 2.5819889,
+    "min": 1.0,
+    "max": 9.0,
+    "p10": 1.8,
+    "p50": 5.0,
+    "p90": 8.2,
+}
+# valid finite values 1, 2, 3, 5, 7: mean 3.6, var 23.2/5, p10 at 0.4 -> 1.4, p90 at 3.6 -> 6.2
+MIXED_VALUES = [[1.0, NAN, 3.0], [INF, 5.0, -INF], [7.0, 100.0, 2.0]]
+MIXED_VALID = [[T, T, T], [T, T, T], [T, F, T]]
+MIXED = {
+    "count": 5,
+    "mean": 3.6,
+    "std": 2.1540659,
+    "min": 1.0,
+    "max": 7.0,
+    "p10": 1.4,
+    "p50": 3.0,
+    "p90": 6.2,
+}
+
+
+def _check(stats, expected):
+    assert list(stats) == list(STAT_NAMES)
+    assert type(stats["count"]) is int and stats["count"] == expected["count"]
+    for k in STAT_NAMES[1:]:
+        assert isinstance(stats[k], float)
+        if math.isnan(expected[k]):
+            assert math.isnan(stats[k]), k
+        else:
+            assert stats[k] == pytest.approx(expected[k], rel=1e-6, abs=1e-9), k
+
+
+def test_one_to_nine_by_hand():
+    values = np.arange(1, 10, dtype=np.float32).reshape(3, 3)
+    _check(tile_statistics(values, ALL), ONE_TO_NINE)
+
+
+def test_nan_inf_and_masked_pixels_are_ignored():
+    values = np.array(MIXED_VALUES, dtype=np.float32)
+    _check(tile_statistics(values, np.array(MIXED_VALID)), MIXED)
+
+
+def test_two_values_interpolate_linearly():
+    values = np.full((3, 3), 9.0)
+    values[0, 0], values[2, 2] = 0.2, 0.4
+    valid = np.zeros((3, 3), bool)
+    valid[0, 0] = valid[2, 2] = True
+    expected = {"count": 2, "mean": 0.3, "std": 0.1, "min": 0.2, "max": 0.4}
+    _check(tile_statistics(values, valid), expected | {"p10": 0.22, "p50": 0.3, "p90": 0.38})
+
+
+def test_single_valid_pixel_has_zero_std():
+    values = np.full((3, 3), NAN, np.float32)
+    values[1, 1] = 0.5
+    one = {"count": 1, "mean": 0.5, "std": 0.0, "min": 0.5, "max": 0.5}
+    _check(tile_statistics(values, ALL), one | {"p10": 0.5, "p50": 0.5, "p90": 0.5})
+
+
+EMPTY = {"count": 0} | {k: NAN for k in STAT_NAMES[1:]}
+
+
+def test_all_masked_gives_count_0_and_nan():
+    values = np.arange(9, dtype=np.float32).reshape(3, 3)
+    _check(tile_statistics(values, np.zeros((3, 3), bool)), EMPTY)
+
+
+def test_all_nan_or_inf_gives_count_0_and_nan():
+    values = np.array([[NAN, INF, -INF]] * 3, dtype=np.float32)
+    _check(tile_statistics(values, ALL), EMPTY)
+
+
+def test_empty_tile_gives_count_0_and_nan():
+    _check(tile_statistics(np.zeros((0, 0), np.float32), np.zeros((0, 0), bool)), EMPTY)
+
+
+def test_uint16_values_are_accepted():
+    values = np.arange(1, 10, dtype=np.uint16).reshape(3, 3)
+    _check(tile_statistics(values, ALL), ONE_TO_NINE)
+
+
+def test_stack_with_2d_and_3d_masks():
+    stack = np.stack(
+        [
+            np.arange(1, 10, dtype=np.float32).reshape(3, 3),
+            np.array(MIXED_VALUES, dtype=np.float32),
+            np.full((3, 3), NAN, np.float32),
+        ]
+    )
+    valid3 = np.stack([ALL, np.array(MIXED_VALID), ALL])
+    got = stack_statistics(stack, valid3)
+    assert got["count"].dtype == np.int64
+    np.testing.assert_array_equal(got["count"], [9, 5, 0])
+    for k in STAT_NAMES[1:]:
+        assert got[k].shape == (3,)
+        np.testing.assert_allclose(got[k], [ONE_TO_NINE[k], MIXED[k], NAN], rtol=1e-6)
+
+    # a 2-D mask applies to every layer: drop pixel (2, 1) everywhere
+    got2 = stack_statistics(stack[:2], np.array(MIXED_VALID))
+    np.testing.assert_array_equal(got2["count"], [8, 5])
+    # 1..9 without 8: mean 37/8
+    assert got2["mean"][0] == pytest.approx(4.625)
+
+
+def test_stack_matches_numpy_on_random_data():
+    rng = np.random.default_rng(7)
+    stack = rng.normal(0.3, 0.2, (4, 50, 40)).astype(np.float32)
+    stack[rng.random(stack.shape) < 0.05] = NAN
+    valid = rng.random((4, 50, 40)) < 0.7
+    valid[3] = False
+    got = stack_statistics(stack, valid)
+    for i in range(3):
+        x = stack[i][valid[i] & np.isfinite(stack[i])].astype(np.float64)
+        assert got["count"][i] == x.size
+        np.testing.assert_allclose(got["mean"][i], x.mean(), rtol=1e-10)
+        np.testing.assert_allclose(got["std"][i], x.std(), rtol=1e-10)
+        np.testing.assert_allclose(got["min"][i], x.min())
+        np.testing.assert_allclose(got["max"][i], x.max())
+        for q in (10, 50, 90):
+            np.testing.assert_allclose(got[f"p{q}"][i], np.percentile(x, q), rtol=1e-12)
+    assert got["count"][3] == 0 and np.isnan(got["p50"][3])
+
+
+@pytest.mark.parametrize(
+    ("values", "valid", "error"),
+    [
+        (np.zeros((3, 3)), np.ones((3, 3), np.uint8), TypeError),
+        (np.zeros((3, 3)), np.ones((2, 3), bool), ValueError),
+        (np.zeros(9), np.ones(9, bool), ValueError),
+    ],
+)
+def test_tile_statistics_rejects_bad_input(values, valid, error):
+    with pytest.raises(error):
+        tile_statistics(values, valid)
+
+
+def test_stack_statistics_rejects_2d_values():
+    with pytest.raises(ValueError, match="n, rows, cols"):
+        stack_statistics(np.zeros((3, 3)), ALL)
+
+
+# --------------------------------------------------------------------------- fractions
+
+NODATA = np.array([[T, F, F], [F, F, F], [F, F, T]])
+CLOUD = np.array([[T, T, T], [F, F, F], [F, F, F]])  # (0, 0) is cloud on a nodata pixel
+MASKED = np.array([[T, T, T], [F, T, F], [F, F, T]])
+
+
+def test_fractions_by_hand():
+    # valid: 4 of 9 pixels; cloud: (0, 1), (0, 2) of the 7 pixels with data
+    assert fractions(NODATA, CLOUD, MASKED) == pytest.approx((4 / 9, 2 / 7))
+
+
+def test_fractions_default_masked_is_nodata_or_cloud():
+    # masked = (0,0) (0,1) (0,2) (2,2): 5 of 9 valid
+    assert fractions(NODATA, CLOUD) == pytest.approx((5 / 9, 2 / 7))
+
+
+def test_fractions_nodata_always_counts_as_masked():
+    nothing = np.zeros((3, 3), bool)
+    assert fractions(NODATA, nothing, nothing) == pytest.approx((7 / 9, 0.0))
+
+
+def test_fractions_all_nodata_cloud_fraction_is_nan():
+    valid_fraction, cloud_fraction = fractions(ALL, np.zeros((3, 3), bool))
+    assert valid_fraction == 0.0
+    assert math.isnan(cloud_fraction)
+
+
+def test_fractions_all_cloud():
+    assert fractions(~ALL, ALL) == (0.0, 1.0)
+
+
+def test_fractions_clear_tile():
+    assert fractions(~ALL, ~ALL) == (1.0, 0.0)
+
+
+def test_fractions_empty_tile_is_nan():
+    e = np.zeros((0, 0), bool)
+    valid_fraction, cloud_fraction = fractions(e, e)
+    assert math.isnan(valid_fraction) and math.isnan(cloud_fraction)
+
+
+@pytest.mark.parametrize(
+    ("nodata", "cloud", "error"),
+    [
+        (np.zeros((3, 3), np.uint8), np.zeros((3, 3), bool), TypeError),
+        (np.zeros((3, 3), bool), np.zeros((3, 3), np.float32), TypeError),
+        (np.zeros((3, 3), bool), np.zeros((3, 2), bool), ValueError),
+    ],
+)
+def test_fractions_rejects_bad_masks(nodata, cloud, error):
+    with pytest.raises(error):
+        fractions(nodata, cloud)
