@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -18,7 +19,22 @@ import yaml
 
 from udfs.errors import ConfigError
 
+#: Profiles are looked up in $EO_CONF_DIR, then ./conf, then the repository's conf/ (the
+#: last is absent when the code runs from a --py-files zip or a wheel).
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def profile_path(profile: str) -> Path:
+    """The YAML file of a profile name (``local``) or the path itself when one is given."""
+    path = Path(profile)
+    if path.suffix:
+        return path
+    dirs = [Path(d) for d in (os.environ.get("EO_CONF_DIR"),) if d]
+    dirs += [Path.cwd() / "conf", CONF_DIR]
+    for d in dirs:
+        if (d / f"{profile}.yaml").is_file():
+            return d / f"{profile}.yaml"
+    return dirs[-1] / f"{profile}.yaml"
 RESAMPLING_METHODS = ("nearest", "bilinear", "cubic", "average", "mode")
 
 
@@ -193,9 +209,7 @@ def load_config(profile: str = "local", overrides: list[str] | tuple[str, ...] =
     overrides : sequence of str
         ``section.key=value`` items, applied after the profile.
     """
-    path = Path(profile)
-    if not path.suffix:
-        path = CONF_DIR / f"{profile}.yaml"
+    path = profile_path(profile)
     if not path.is_file():
         raise ConfigError(f"config profile not found: {path}")
     try:
