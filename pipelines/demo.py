@@ -45,7 +45,7 @@ import pystac
 import rasterio
 from numpy.typing import NDArray
 from rasterio.features import shapes
-from rasterio.transform import Affine, from_origin
+from rasterio.transform import Affine
 from rasterio.warp import transform as transform_points
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
@@ -250,7 +250,7 @@ class Grid:
 
     @property
     def transform(self) -> Affine:
-        return from_origin(X0, Y0, self.res, self.res)
+        return Affine(self.res, 0.0, X0, 0.0, -self.res, Y0)
 
 
 def grid_for(size: int, res: float) -> Grid:
@@ -434,6 +434,11 @@ def _parcels(rng: np.random.Generator, canvas: int):
     return row_edges.astype(np.int64), lut.astype(np.int32), per_band + 1
 
 
+def _phases(rng: np.random.Generator) -> tuple[float, float]:
+    a, b = rng.uniform(0, 2 * np.pi, 2)
+    return float(a), float(b)
+
+
 def make_layout(size: int, seed: int) -> Layout:
     """Draw the landscape of a ``size`` x ``size`` 10 m area from ``seed``.
 
@@ -479,20 +484,32 @@ def make_layout(size: int, seed: int) -> Layout:
     forest = make_noise(rng, canvas, (160, 48, 16), (1.0, 0.6, 0.3))
     forest_threshold, _ = noise_threshold(forest, size, 0.24)
 
-    lakes = [Lake(0.22 * size, 0.22 * size, float(np.clip(0.09 * size, 8, 90)),
-                  tuple(rng.uniform(0, 2 * np.pi, 2)))]  # fmt: skip
+    lakes = [
+        Lake(
+            0.22 * size,
+            0.22 * size,
+            float(np.clip(0.09 * size, 8, 90)),
+            _phases(rng),
+        )
+    ]
     for _ in range(int(size * size / 3000**2)):
-        r, c = rng.uniform(0, size, 2)
-        lakes.append(Lake(r, c, float(rng.uniform(12, 60)), tuple(rng.uniform(0, 2 * np.pi, 2))))
+        r, c = (float(v) for v in rng.uniform(0, size, 2))
+        lakes.append(Lake(r, c, float(rng.uniform(12, 60)), _phases(rng)))
     river = River(
         col=0.64 * size,
         width=float(np.clip(0.022 * size, 4, 14)),
-        amplitudes=(0.07 * size, float(np.clip(0.04 * size, 4, 40)),
-                    float(np.clip(0.012 * size, 1, 10))),
-        wavelengths=(1.6 * size, float(np.clip(0.45 * size, 60, 600)),
-                     float(np.clip(0.13 * size, 20, 150))),
+        amplitudes=(
+            0.07 * size,
+            float(np.clip(0.04 * size, 4, 40)),
+            float(np.clip(0.012 * size, 1, 10)),
+        ),
+        wavelengths=(
+            1.6 * size,
+            float(np.clip(0.45 * size, 60, 600)),
+            float(np.clip(0.13 * size, 20, 150)),
+        ),
         phases=tuple(float(p) for p in rng.uniform(0, 2 * np.pi, 3)),
-    )  # fmt: skip
+    )
     return Layout(
         size=size,
         row_edges=row_edges,
@@ -541,8 +558,9 @@ def landcover_at(
     forest = sample_noise(layout.forest, rows + 0.5, cols + 0.5) > layout.forest_threshold
     classes[forest] = FOREST
     for town in layout.towns:
-        rs, cs = _span(rows, town.row, town.row + town.height), _span(
-            cols, town.col, town.col + town.width
+        rs, cs = (
+            _span(rows, town.row, town.row + town.height),
+            _span(cols, town.col, town.col + town.width),
         )
         if rs.start == rs.stop or cs.start == cs.stop:
             continue
@@ -555,8 +573,9 @@ def landcover_at(
         classes[rs, cs] = layout.unit_class[block]
     for lake in layout.lakes:
         reach = lake.radius * 1.3
-        rs, cs = _span(rows, lake.row - reach, lake.row + reach), _span(
-            cols, lake.col - reach, lake.col + reach
+        rs, cs = (
+            _span(rows, lake.row - reach, lake.row + reach),
+            _span(cols, lake.col - reach, lake.col + reach),
         )
         if rs.start == rs.stop or cs.start == cs.stop:
             continue
@@ -564,7 +583,9 @@ def landcover_at(
         dx = (cols[cs] + 0.5 - lake.col)[None, :]
         theta = np.arctan2(dy, dx)
         radius = lake.radius * (
-            1 + 0.18 * np.sin(2 * theta + lake.phases[0]) + 0.08 * np.sin(5 * theta + lake.phases[1])
+            1
+            + 0.18 * np.sin(2 * theta + lake.phases[0])
+            + 0.08 * np.sin(5 * theta + lake.phases[1])
         )
         sub = classes[rs, cs]
         sub[np.hypot(dy, dx) < radius] = WATER
@@ -605,10 +626,10 @@ def reflectance_table(layout: Layout, doy: float, names: Sequence[str]) -> NDArr
     cover[FOREST, :, 1] = leaf * (1 + 0.5 * (bright - 1))
     cover[FOREST, :, 3] = 1 - leaf
     for cls, spread in ((CROPLAND, 1.0), (GRASSLAND, 0.5)):
-        days, fractions = PHENOLOGY[cls]
+        stages, fractions = PHENOLOGY[cls]
         f = np.asarray(fractions)
         for k, member in enumerate((2, 3, 4)):  # green, dry, soil
-            cover[cls, :, member] = np.interp(doy + spread * shift, days, f[:, k]) * bright
+            cover[cls, :, member] = np.interp(doy + spread * shift, stages, f[:, k]) * bright
     cover[URBAN, :, 5] = (1 - layout.unit_green) * bright
     cover[URBAN, :, 2] = layout.unit_green * bright
     cover[BARE, :, 4] = bright
@@ -727,7 +748,14 @@ def pixels_at(layout: Layout, sky: Sky, grid: Grid, r0: int, r1: int) -> Pixels:
     else:
         cirrus = np.zeros_like(cloud)
     index = classes.astype(np.intp) * layout.n_units + units
-    return Pixels(classes, index, valid_at(sky, y, x), cloud, cirrus.astype(np.float32), shadow)
+    return Pixels(
+        classes,
+        index,
+        valid_at(sky, y, x),
+        cloud.astype(np.float32, copy=False),
+        cirrus.astype(np.float32, copy=False),
+        shadow.astype(np.float32, copy=False),
+    )
 
 
 def to_dn(
@@ -777,8 +805,14 @@ def qa_pixel_values(px: Pixels) -> NDArray[np.uint16]:
     water = (px.classes == WATER) & clear
     bit, conf = QA_PIXEL_BITS, QA_PIXEL_CONFIDENCE
     qa = np.zeros(px.classes.shape, dtype=np.uint16)
-    for flag, name in ((cloud, "cloud"), (dilated, "dilated_cloud"), (cirrus, "cirrus"),
-                       (shadow, "cloud_shadow"), (clear, "clear"), (water, "water")):  # fmt: skip
+    for flag, name in (
+        (cloud, "cloud"),
+        (dilated, "dilated_cloud"),
+        (cirrus, "cirrus"),
+        (shadow, "cloud_shadow"),
+        (clear, "clear"),
+        (water, "water"),
+    ):
         qa |= flag.astype(np.uint16) << bit[name]
     levels = {
         "cloud_confidence": np.where(cloud, 3, np.where(dilated, 2, 1)),
@@ -942,7 +976,9 @@ def write_sentinel2(root: Path, layout: Layout, spec: SceneSpec, seed: int) -> S
     granule = f"L2A_T{MGRS_TILE}_A{spec.orbit:06d}_{stamp}"
     img = safe / "GRANULE" / granule / "IMG_DATA"
     files = {
-        b.name: img / f"R{b.resolution:.0f}m" / f"T{MGRS_TILE}_{stamp}_{b.name}_{b.resolution:.0f}m.tif"
+        b.name: img
+        / f"R{b.resolution:.0f}m"
+        / f"T{MGRS_TILE}_{stamp}_{b.name}_{b.resolution:.0f}m.tif"
         for b in spec.sensor.bands
     }
     grids, counts = _write_bands(layout, spec, files, seed)
@@ -1019,8 +1055,13 @@ def s2_mtd_xml(
     _sub(info, "GENERATION_TIME", processed.strftime("%Y-%m-%dT%H:%M:%S.000000Z"))
     _sub(info, "PREVIEW_IMAGE_URL", "Not applicable")
     unit = spec.platform[-1].upper()
-    take = _sub(info, "Datatake", datatakeIdentifier=(
-        f"GS2{unit}_{spec.sensing:%Y%m%dT%H%M%S}_{spec.orbit:06d}_N{spec.baseline}"))  # fmt: skip
+    take = _sub(
+        info,
+        "Datatake",
+        datatakeIdentifier=(
+            f"GS2{unit}_{spec.sensing:%Y%m%dT%H%M%S}_{spec.orbit:06d}_N{spec.baseline}"
+        ),
+    )
     _sub(take, "SPACECRAFT_NAME", f"Sentinel-2{unit}")
     _sub(take, "DATATAKE_TYPE", "INS-NOBS")
     _sub(take, "DATATAKE_SENSING_START", start)
@@ -1028,8 +1069,12 @@ def s2_mtd_xml(
     _sub(take, "SENSING_ORBIT_DIRECTION", "DESCENDING")
     _sub(_sub(info, "Query_Options", completeSingleTile="true"), "PRODUCT_FORMAT", "SAFE_COMPACT")
     granules = _sub(_sub(info, "Product_Organisation"), "Granule_List")
-    granule = _sub(granules, "Granule", imageFormat="GeoTIFF",
-                   granuleIdentifier=next(iter(images.values())).parts[1])  # fmt: skip
+    granule = _sub(
+        granules,
+        "Granule",
+        imageFormat="GeoTIFF",
+        granuleIdentifier=next(iter(images.values())).parts[1],
+    )
     for path in images.values():
         _sub(granule, "IMAGE_FILE", path.with_suffix("").as_posix())
 
@@ -1056,8 +1101,11 @@ def s2_mtd_xml(
     footprint = _sub(_sub(geo, "Product_Footprint"), "Product_Footprint")
     ring = _corners_lonlat(grid_for(size, PIXEL))
     ring.append(ring[0])
-    _sub(_sub(footprint, "Global_Footprint"), "EXT_POS_LIST",
-         " ".join(f"{lat:.8f} {lon:.8f}" for lon, lat in ring))  # fmt: skip
+    _sub(
+        _sub(footprint, "Global_Footprint"),
+        "EXT_POS_LIST",
+        " ".join(f"{lat:.8f} {lon:.8f}" for lon, lat in ring),
+    )
     crs = _sub(geo, "Coordinate_Reference_System")
     _sub(crs, "GEO_TABLES", "EPSG", version="1.0")
     _sub(crs, "HORIZONTAL_CS_TYPE", "GEOGRAPHIC")
@@ -1146,39 +1194,52 @@ def landsat_mtl(
         ("ORIENTATION", q("NORTH_UP")),
     ]
     for (lon, lat), corner in zip(corners, ("UL", "UR", "LR", "LL"), strict=True):
-        projection += [(f"CORNER_{corner}_LAT_PRODUCT", f"{lat:.5f}"),
-                       (f"CORNER_{corner}_LON_PRODUCT", f"{lon:.5f}")]  # fmt: skip
-    for corner, (x, y) in zip(("UL", "UR", "LR", "LL"),
-                              ((X0, Y0), (x1, Y0), (x1, y1), (X0, y1)), strict=True):  # fmt: skip
-        projection += [(f"CORNER_{corner}_PROJECTION_X_PRODUCT", f"{x:.3f}"),
-                       (f"CORNER_{corner}_PROJECTION_Y_PRODUCT", f"{y:.3f}")]  # fmt: skip
+        projection += [
+            (f"CORNER_{corner}_LAT_PRODUCT", f"{lat:.5f}"),
+            (f"CORNER_{corner}_LON_PRODUCT", f"{lon:.5f}"),
+        ]
+    for corner, (x, y) in zip(
+        ("UL", "UR", "LR", "LL"), ((X0, Y0), (x1, Y0), (x1, y1), (X0, y1)), strict=True
+    ):
+        projection += [
+            (f"CORNER_{corner}_PROJECTION_X_PRODUCT", f"{x:.3f}"),
+            (f"CORNER_{corner}_PROJECTION_Y_PRODUCT", f"{y:.3f}"),
+        ]
     record = [
         ("ORIGIN", q("Image courtesy of the U.S. Geological Survey (synthetic demo data)")),
         ("LANDSAT_PRODUCT_ID", q(pid)),
         ("PROCESSING_LEVEL", q("L2SP")),
         ("OUTPUT_FORMAT", q("GEOTIFF")),
-        ("DATE_PRODUCT_GENERATED", f"{spec.processed[:4]}-{spec.processed[4:6]}-"
-                                   f"{spec.processed[6:]}T12:00:00Z"),
+        (
+            "DATE_PRODUCT_GENERATED",
+            f"{spec.processed[:4]}-{spec.processed[4:6]}-{spec.processed[6:]}T12:00:00Z",
+        ),
         ("ALGORITHM_SOURCE_SURFACE_REFLECTANCE", q("LaSRC_1.6.0")),
-    ]  # fmt: skip
+    ]
     scale, offset = spec.scaling
     params: list[tuple[str, str]] = []
     for b in sr:
         n = b.name[-1]
-        params += [(f"REFLECTANCE_MAXIMUM_BAND_{n}", f"{65535 * scale + offset:.6f}"),
-                   (f"REFLECTANCE_MINIMUM_BAND_{n}", f"{scale + offset:.6f}")]  # fmt: skip
+        params += [
+            (f"REFLECTANCE_MAXIMUM_BAND_{n}", f"{65535 * scale + offset:.6f}"),
+            (f"REFLECTANCE_MINIMUM_BAND_{n}", f"{scale + offset:.6f}"),
+        ]
     for b in sr:
-        params += [(f"QUANTIZE_CAL_MAX_BAND_{b.name[-1]}", "65535"),
-                   (f"QUANTIZE_CAL_MIN_BAND_{b.name[-1]}", "1")]  # fmt: skip
+        params += [
+            (f"QUANTIZE_CAL_MAX_BAND_{b.name[-1]}", "65535"),
+            (f"QUANTIZE_CAL_MIN_BAND_{b.name[-1]}", "1"),
+        ]
     params += [(f"REFLECTANCE_MULT_BAND_{b.name[-1]}", f"{scale:.2e}") for b in sr]
     params += [(f"REFLECTANCE_ADD_BAND_{b.name[-1]}", f"{offset:g}") for b in sr]
-    return _odl([
-        ("PRODUCT_CONTENTS", contents),
-        ("IMAGE_ATTRIBUTES", attributes),
-        ("PROJECTION_ATTRIBUTES", projection),
-        ("LEVEL2_PROCESSING_RECORD", record),
-        ("LEVEL2_SURFACE_REFLECTANCE_PARAMETERS", params),
-    ])  # fmt: skip
+    return _odl(
+        [
+            ("PRODUCT_CONTENTS", contents),
+            ("IMAGE_ATTRIBUTES", attributes),
+            ("PROJECTION_ATTRIBUTES", projection),
+            ("LEVEL2_PROCESSING_RECORD", record),
+            ("LEVEL2_SURFACE_REFLECTANCE_PARAMETERS", params),
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------- STAC
@@ -1213,23 +1274,29 @@ def stac_item(record: SceneRecord) -> pystac.Item:
         "proj:code": CRS,
     }
     if s2:
-        props.update({
-            "constellation": "sentinel-2",
-            "s2:processing_baseline": spec.baseline,
-            "s2:product_type": "S2MSI2A",
-            "s2:product_uri": f"{spec.scene_id}.SAFE",
-            "s2:mgrs_tile": MGRS_TILE,
-            "mgrs:utm_zone": 31, "mgrs:latitude_band": "U", "mgrs:grid_square": "FS",
-        })  # fmt: skip
+        props.update(
+            {
+                "constellation": "sentinel-2",
+                "s2:processing_baseline": spec.baseline,
+                "s2:product_type": "S2MSI2A",
+                "s2:product_uri": f"{spec.scene_id}.SAFE",
+                "s2:mgrs_tile": MGRS_TILE,
+                "mgrs:utm_zone": 31,
+                "mgrs:latitude_band": "U",
+                "mgrs:grid_square": "FS",
+            }
+        )
     else:
-        props.update({
-            "landsat:wrs_type": "2",
-            "landsat:wrs_path": spec.scene_id[10:13],
-            "landsat:wrs_row": spec.scene_id[13:16],
-            "landsat:collection_category": spec.scene_id.rsplit("_", 1)[1],
-            "landsat:collection_number": "02",
-            "landsat:correction": "L2SP",
-        })  # fmt: skip
+        props.update(
+            {
+                "landsat:wrs_type": "2",
+                "landsat:wrs_path": spec.scene_id[10:13],
+                "landsat:wrs_row": spec.scene_id[13:16],
+                "landsat:collection_category": spec.scene_id.rsplit("_", 1)[1],
+                "landsat:collection_number": "02",
+                "landsat:correction": "L2SP",
+            }
+        )
     item = pystac.Item(
         id=spec.scene_id,
         geometry=geometry,
@@ -1254,22 +1321,33 @@ def stac_item(record: SceneRecord) -> pystac.Item:
             eo["description"] = "scene classification" if s2 else "pixel quality bit flags"
             raster.update(nodata=0 if s2 else 1, data_type="uint8" if s2 else "uint16")
             roles = ["data"]
-        item.add_asset(key, pystac.Asset(
-            href=str(record.files[band.name].resolve()),
-            media_type=pystac.MediaType.GEOTIFF,
-            title=f"{band.name} ({grid.res:.0f} m)",
-            roles=roles,
-            extra_fields={
-                "eo:bands": [eo],
-                "raster:bands": [raster],
-                "proj:shape": [grid.height, grid.width],
-                "proj:transform": list(grid.transform)[:6],
-            },
-        ))  # fmt: skip
-    meta_key, media = ("product_metadata", pystac.MediaType.XML) if s2 else (
-        "mtl.txt", pystac.MediaType.TEXT)  # fmt: skip
-    item.add_asset(meta_key, pystac.Asset(href=str(record.metadata.resolve()), media_type=media,
-                                          roles=["metadata"], title="Product metadata"))  # fmt: skip
+        item.add_asset(
+            key,
+            pystac.Asset(
+                href=str(record.files[band.name].resolve()),
+                media_type=pystac.MediaType.GEOTIFF,
+                title=f"{band.name} ({grid.res:.0f} m)",
+                roles=roles,
+                extra_fields={
+                    "eo:bands": [eo],
+                    "raster:bands": [raster],
+                    "proj:shape": [grid.height, grid.width],
+                    "proj:transform": list(grid.transform)[:6],
+                },
+            ),
+        )
+    meta_key, media = (
+        ("product_metadata", pystac.MediaType.XML) if s2 else ("mtl.txt", pystac.MediaType.TEXT)
+    )
+    item.add_asset(
+        meta_key,
+        pystac.Asset(
+            href=str(record.metadata.resolve()),
+            media_type=media,
+            roles=["metadata"],
+            title="Product metadata",
+        ),
+    )
     return item
 
 
@@ -1286,8 +1364,8 @@ def write_catalog(stac_dir: Path, records: Sequence[SceneRecord]) -> Path:
         items = [stac_item(r) for r in records if r.spec.sensor.key == sensor_key]
         if not items:
             continue
-        bbox = [min(i.bbox[0] for i in items), min(i.bbox[1] for i in items),
-                max(i.bbox[2] for i in items), max(i.bbox[3] for i in items)]  # fmt: skip
+        boxes = np.array([i.bbox for i in items], dtype=np.float64)
+        bbox = [*boxes[:, :2].min(axis=0).tolist(), *boxes[:, 2:].max(axis=0).tolist()]
         times = sorted(i.datetime for i in items if i.datetime is not None)
         collection = pystac.Collection(
             id=cid,
@@ -1337,54 +1415,87 @@ def label_candidates(
     return out
 
 
+def window_class_counts(ds: Any, window: int) -> NDArray[np.int64]:
+    """Pixels of each class in each ``window`` x ``window`` square of a land-cover raster.
+
+    Returns ``(window rows, window cols, N_CLASSES)`` int64; read in strips of rows.
+    """
+    n_r, n_c = math.ceil(ds.height / window), math.ceil(ds.width / window)
+    counts = np.zeros((n_r, n_c, N_CLASSES), dtype=np.int64)
+    strip = max(1, BLOCK_ROWS // window)  # window rows per read
+    for wr in range(0, n_r, strip):
+        r0 = wr * window
+        h = min(ds.height - r0, strip * window)
+        arr = np.zeros((math.ceil(h / window) * window, n_c * window), dtype=np.uint8)
+        arr[:h, : ds.width] = ds.read(1, window=Window(0, r0, ds.width, h))
+        blocks = arr.reshape(-1, window, n_c, window)
+        for code in range(N_CLASSES):
+            counts[wr : wr + blocks.shape[0], :, code] = (blocks == code).sum(axis=(1, 3))
+    return counts
+
+
 def write_labels(
     landcover_path: Path,
     out_path: Path,
     seed: int,
-    window: int = 48,
+    window: int = 40,
     max_windows: int = 600,
     per_class: int | None = None,
 ) -> dict[str, int]:
     """Write ``labels.geojson``: polygons inside homogeneous land cover, lon/lat.
 
-    The map is cut into ``window``-pixel squares (at most ``max_windows`` of them, drawn at
-    random for large maps), which keeps polygons field-sized. Each class keeps up to
-    ``per_class`` polygons, taken round-robin over the windows in random order (largest
-    first within a window) so they spread over the area. Returns polygons per class.
+    The map is cut into ``window``-pixel squares, which keeps polygons field-sized. Small
+    maps use every square; larger ones (more than ``max_windows`` squares) use, for each
+    class, up to ``per_class`` random squares that class covers by at least a fifth, so
+    rare classes are found too. Each class keeps up to ``per_class`` polygons, taken
+    round-robin over the squares in random order (largest first within a square), so they
+    spread over the area. Returns the number of polygons per class name.
     """
     rng = np.random.default_rng([seed, 3])
     with rasterio.open(landcover_path) as ds:
-        size = ds.width
-        per_class = per_class or int(np.clip(20 * (size // 512), 40, 400))
-        corners = [(r, c) for r in range(0, ds.height, window) for c in range(0, ds.width, window)]
-        if len(corners) > max_windows:
-            keep = np.sort(rng.choice(len(corners), max_windows, replace=False))
-            corners = [corners[i] for i in keep]
-        order = rng.permutation(len(corners))
+        per_class = per_class or int(np.clip(20 * (ds.width // 512), 40, 400))
+        n_c = math.ceil(ds.width / window)
+        counts = window_class_counts(ds, window).reshape(-1, N_CLASSES)
+        if len(counts) <= max_windows:
+            picked = np.arange(len(counts))
+        else:
+            picked = np.unique(
+                np.concatenate(
+                    [
+                        rng.permutation(np.flatnonzero(counts[:, code] >= window * window // 5))[
+                            :per_class
+                        ]
+                        for code in CLASSES
+                    ]
+                )
+            )
         ranked: dict[int, list[tuple[int, int, Polygon]]] = {c: [] for c in CLASSES}
-        for rank, i in enumerate(order):
-            r, c = corners[i]
+        for rank, i in enumerate(rng.permutation(picked)):
+            r, c = (int(i) // n_c) * window, (int(i) % n_c) * window
             win = Window(c, r, min(window, ds.width - c), min(window, ds.height - r))
-            found = label_candidates(ds.read(1, window=win), ds.window_transform(win))
+            transform = Affine(PIXEL, 0.0, X0 + c * PIXEL, 0.0, -PIXEL, Y0 - r * PIXEL)
+            found = label_candidates(ds.read(1, window=win), transform)
             for code in CLASSES:
                 polys = sorted((p for v, p in found if v == code), key=lambda p: -p.area)
                 ranked[code] += [(k, rank, p) for k, p in enumerate(polys)]
     features = []
-    counts = {}
+    per_name = {}
     for code, name in CLASSES.items():
         chosen = sorted(ranked[code], key=lambda t: (t[0], t[1]))[:per_class]
-        counts[name] = len(chosen)
+        per_name[name] = len(chosen)
         for n, (_, _, poly) in enumerate(chosen):
             geom = transform_geom(CRS, "EPSG:4326", mapping(orient(poly, 1.0)))
-            features.append({
-                "type": "Feature",
-                "id": f"{name}-{n:04d}",
-                "properties": {"class_code": code, "class_name": name},
-                "geometry": {"type": "Polygon", "coordinates": _round(geom["coordinates"], 8)},
-            })  # fmt: skip
+            features.append(
+                {
+                    "type": "Feature",
+                    "id": f"{name}-{n:04d}",
+                    "properties": {"class_code": code, "class_name": name},
+                    "geometry": {"type": "Polygon", "coordinates": _round(geom["coordinates"], 8)},
+                }
+            )
     doc = {"type": "FeatureCollection", "features": features}
     out_path.write_text(json.dumps(doc, separators=(",", ":")) + "\n", encoding="utf-8")
-    return counts
+    return per_name
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -1445,7 +1556,9 @@ def generate(
         records = []
         for spec in specs:
             if spec.sensor is SENTINEL2_L2A:
-                records.append(write_sentinel2(out_dir / "scenes" / "sentinel2", layout, spec, seed))
+                records.append(
+                    write_sentinel2(out_dir / "scenes" / "sentinel2", layout, spec, seed)
+                )
             else:
                 records.append(write_landsat(out_dir / "scenes" / "landsat", layout, spec, seed))
     catalog = write_catalog(out_dir / "stac", records)
@@ -1481,14 +1594,25 @@ def generate(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m pipelines.demo --out data/demo --size 512``."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", type=Path, default=Path("data/demo"), help="output folder")
-    parser.add_argument("--size", type=int, default=512,
-                        help=f"pixels per side of the 10 m grid ({MIN_SIZE}..{MAX_SIZE})")  # fmt: skip
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=512,
+        help=f"pixels per side of the 10 m grid ({MIN_SIZE}..{MAX_SIZE})",
+    )
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--scenes", nargs="+", metavar="ID",
-                        help="only these scenes (ids or parts of ids, e.g. 20240621 LC09)")  # fmt: skip
+    parser.add_argument(
+        "--scenes",
+        nargs="+",
+        metavar="ID",
+        help="only these scenes (ids or parts of ids, e.g. 20240621 LC09)",
+    )
     args = parser.parse_args(argv)
     if not MIN_SIZE <= args.size <= MAX_SIZE:
         parser.error(f"--size must be {MIN_SIZE}..{MAX_SIZE}, got {args.size}")
