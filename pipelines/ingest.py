@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -30,9 +31,15 @@ from pipelines.config import Config, load_config
 from pipelines.discover import discover
 from pipelines.lakehouse import Lakehouse
 from pipelines.session import build_session
-from pipelines.tables import REJECTED, RUNS, SCENES, TILES
+from pipelines.tables import REJECTED, RUNS, SCENES, TABLES, TILES
 from udfs.errors import ConfigError, PipelineError, SceneError
-from udfs.ingest_udfs import INSPECT_SCHEMA, inspect_batches, make_tile_reader
+from udfs.ingest_udfs import (
+    FILE_SCHEMA,
+    INSPECT_SCHEMA,
+    inspect_batches,
+    make_tile_file_writer,
+    make_tile_reader,
+)
 from udfs.reader import SceneSource, scene_error_row
 from udfs.tiling import ReadBlock, plan_read_blocks, tile_grid_shape
 
@@ -198,6 +205,32 @@ def tiles_frame(blocks: DataFrame, config: Config, errors: Any) -> DataFrame:
     return blocks.mapInArrow(reader, TILES)
 
 
+def use_arrow_writer(config: Config, lake: Lakehouse) -> bool:
+    """Whether tiles are written by the executors' Python workers (see IngestConfig.writer)."""
+    writer = config.ingest.writer
+    return writer == "arrow" or (writer == "auto" and lake.local)
+
+
+def write_tile_files(
+    spark: SparkSession, lake: Lakehouse, infos: list[dict[str, Any]], config: Config, errors: Any
+) -> list[dict[str, Any]]:
+    """Executors read blocks and write one Parquet file each; returns the file records."""
+    ing = config.ingest
+    writer = make_tile_file_writer(
+        lake.local_path("tiles"),
+        to_arrow_schema(TILES),
+        TABLES["tiles"].partition_by,
+        ing.tile_size,
+        ing.overlap,
+        ing.resampling,
+        config.storage.zstd_level,
+        errors.add,
+    )
+    lake.ensure(TABLES["tiles"])  # before executors write into its folder
+    blocks = blocks_frame(spark, infos, config)
+    return [r.asDict() for r in blocks.mapInArrow(writer, FILE_SCHEMA).collect()]
+
+
 def scenes_frame(spark: SparkSession, run: Run, infos: list[dict[str, Any]]) -> DataFrame:
     """``scenes`` rows for the scenes whose every tile was written."""
     ing = run.config.ingest
@@ -270,19 +303,31 @@ def ingest(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
     check_strict(run)
     with phase("incremental check"):
         todo, rebuild = skip_ingested(run, sources, existing_tilings(lake))
-        lake.delete("tiles", "scene_id", rebuild)
         lake.delete("scenes", "scene_id", rebuild)
+        # Tiles of a scene about to be (re)ingested: re-tiled ones, or left by a run that
+        # stopped between writing tiles and recording the scene. Keeps the tile key unique.
+        lake.delete("tiles", "scene_id", [s.scene_id for s in todo])
     with phase(f"inspect {len(todo)} scene(s)"):
         infos = inspect_scenes(spark, run, todo)
     check_strict(run)
 
     errors = spark.sparkContext.accumulator([], ListParam())
+    files: list[dict[str, Any]] = []
     with phase("read and write tiles"):
-        if infos:
+        if infos and use_arrow_writer(config, lake):
+            files = write_tile_files(spark, lake, infos, config, errors)
+        elif infos:
             lake.merge("tiles", tiles_frame(blocks_frame(spark, infos, config), config, errors))
+    # A scene with an unreadable block is rejected whole: what was written of it goes.
     failed = sorted({e["scene_id"] for e in errors.value})
-    # A scene with an unreadable block is rejected whole: remove what was written of it.
-    lake.delete("tiles", "scene_id", failed)
+    if files or use_arrow_writer(config, lake):
+        with phase("commit tiles"):
+            for f in files:
+                if f["scene_id"] in failed:
+                    os.remove(f"{lake.local_path('tiles')}/{f['path']}")
+            lake.commit_files("tiles", [f for f in files if f["scene_id"] not in failed])
+    else:
+        lake.delete("tiles", "scene_id", failed)
     for e in {e["scene_id"]: e for e in errors.value}.values():
         run.rejected.append(e)
     good = [i for i in infos if i["scene_id"] not in failed]

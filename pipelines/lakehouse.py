@@ -6,6 +6,8 @@ Every write is keyed: ``merge`` inserts only rows whose key is not in the table 
 
 from __future__ import annotations
 
+import json
+
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -43,9 +45,14 @@ class Lakehouse:
         table = TABLES[name]
         if not self.exists(name):
             return self.spark.createDataFrame([], table.schema)
-        return self.spark.read.format(self.format).load(self.path(name))
+        if self.format == "parquet":
+            return self.spark.read.schema(table.schema).parquet(self.path(name))
+        return self.spark.read.format("delta").load(self.path(name))
 
-    def _create(self, table: Table) -> None:
+    def ensure(self, table: Table) -> None:
+        """Create the (empty) table if it does not exist yet (Delta; no-op for Parquet)."""
+        if self.format != "delta":
+            return
         from delta.tables import DeltaTable
 
         (
@@ -85,12 +92,53 @@ class Lakehouse:
         """Append rows (for tables whose rows are new by construction: runs, rejected)."""
         table = TABLES[name]
         df = df.select(*table.schema.fieldNames())
-        if self.format == "delta":
-            self._create(table)
+        self.ensure(table)
         writer = df.write.format(self.format).mode("append")
         if table.partition_by:
             writer = writer.partitionBy(*table.partition_by)
         writer.save(self.path(name))
+
+    @property
+    def local(self) -> bool:
+        """True when the tables live on a local file system (plain path or file:)."""
+        return "://" not in self.root or self.root.startswith("file:")
+
+    def local_path(self, name: str) -> str:
+        return self.path(name).removeprefix("file://").removeprefix("file:")
+
+    def commit_files(self, name: str, files: list[dict]) -> None:
+        """Make Parquet files that executors wrote into table ``name`` part of it, atomically.
+
+        ``files`` are records of :data:`udfs.ingest_udfs.FILE_SCHEMA` (paths relative to
+        the table). Delta: one transaction adding them all (written with delta-rs, which
+        speaks the same protocol; Spark reads the result). Parquet: the files are already
+        in place, ``_SUCCESS`` marks the table as readable.
+        """
+        table = TABLES[name]
+        if self.format == "delta":
+            import deltalake
+            from deltalake.transaction import AddAction
+
+            if not files:
+                return
+            dt = deltalake.DeltaTable(self.local_path(name))
+            actions = [
+                AddAction(
+                    f["path"],
+                    f["size"],
+                    json.loads(f["partition_values"]),
+                    f["modification_time"],
+                    True,
+                    f["stats"],
+                )
+                for f in files
+            ]
+            dt.create_write_transaction(
+                actions, mode="append", schema=dt.schema(), partition_by=list(table.partition_by)
+            )
+            return
+        with open(f"{self.local_path(name)}/_SUCCESS", "a"):
+            pass
 
     def delete(self, name: str, column: str, values: list[str]) -> None:
         """Delete the rows whose ``column`` is in ``values`` (Delta only; Parquet rewrites)."""

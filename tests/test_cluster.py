@@ -24,6 +24,7 @@ import time
 import uuid
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +40,6 @@ REPO = Path(__file__).resolve().parents[1]
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 # The virtual environment's spark-submit (next to the interpreter running the tests).
 SPARK_SUBMIT = Path(sys.executable).parent / "spark-submit"
-# Named by path: profile names are looked up beside the imported `pipelines` package, which
-# is inside the zip here (see test_profile_names_resolve_when_code_is_imported_from_a_zip).
-PROFILE = REPO / "conf" / "local.yaml"
 TILE = 256
 START_TIMEOUT_S = 60
 SUBMIT_TIMEOUT_S = 300
@@ -154,7 +152,7 @@ def spark_defaults() -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(spark_defaults, tmp_path_factory) -> Cluster:
+def cluster(spark_defaults, tmp_path_factory) -> Iterator[Cluster]:
     if not (SPARK_HOME / "bin" / "spark-class").is_file() or not SPARK_SUBMIT.is_file():
         pytest.skip(f"no spark-class under {SPARK_HOME} or no {SPARK_SUBMIT}")
     if shutil.which("java") is None and "JAVA_HOME" not in os.environ:
@@ -259,7 +257,8 @@ def pick_scenes(root: Path) -> list[Scene]:
     """One Sentinel-2 and one Landsat scene of ``root`` (demo layout or a COG folder)."""
     safe = sorted(p for p in root.rglob("*.SAFE") if p.is_dir())
     if safe:
-        s2 = Scene(safe[0].name.removesuffix(".SAFE"), safe[0], *safe[0].rglob("*_B02_10m.*"))
+        b02 = next(safe[0].rglob("*_B02_10m.*"))
+        s2 = Scene(safe[0].name.removesuffix(".SAFE"), safe[0], b02)
     else:
         b02 = sorted(root.rglob("B02.tif"))[0]
         s2 = Scene(b02.parent.name, b02.parent, b02)
@@ -292,7 +291,7 @@ def cluster_ingest(cluster, code_zip, source, tmp_path_factory):
         [
             "pipelines/ingest.py",
             "--profile",
-            str(PROFILE),
+            "local",  # found in ./conf: the zip has no conf/ folder
             "--source",
             str(src),
             "--root",
@@ -351,7 +350,9 @@ def test_cluster_tiles_hold_the_source_pixels(spark, cluster_ingest):
     for scene in scenes:
         rows = (
             tiles.filter(tiles.scene_id == scene.scene_id)
-            .select("tile_row", "tile_col", "row_off", "col_off", "height", "width", "dtype", "blue")
+            .select(
+                "tile_row", "tile_col", "row_off", "col_off", "height", "width", "dtype", "blue"
+            )
             .collect()
         )
         assert rows, scene.scene_id
@@ -367,7 +368,7 @@ def test_cluster_tiles_hold_the_source_pixels(spark, cluster_ingest):
                 np.testing.assert_array_equal(got, expected, err_msg=where)
 
 
-WHERE_SCRIPT = '''
+WHERE_SCRIPT = """
 import json
 
 from pyspark.sql import SparkSession
@@ -389,7 +390,7 @@ spark = SparkSession.builder.appName("where-is-the-code").getOrCreate()
 found = spark.sparkContext.parallelize(range(2), 2).map(where).collect()
 print("EXECUTORS " + json.dumps(found))
 spark.stop()
-'''
+"""
 
 
 def test_executors_import_the_project_from_the_shipped_zip(cluster, code_zip, tmp_path):
@@ -411,30 +412,23 @@ CONF_SCRIPT = """
 import pipelines.config
 
 assert "code.zip" in pipelines.config.__file__, pipelines.config.__file__
+print(pipelines.config.profile_path("local"))
 pipelines.config.load_config("local")
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug in pipelines/config.py: CONF_DIR is Path(__file__).parent.parent / 'conf', "
-    "which is inside the zip when the code is shipped with --py-files (or in site-packages "
-    "after a non-editable install), so `--profile local` is not found",
-)
 def test_profile_names_resolve_when_code_is_imported_from_a_zip(code_zip, tmp_path):
-    """What the spark-submit driver does: script outside the repo, package from the zip."""
+    """What the spark-submit driver does: package from the zip, run from the repository root.
+
+    The zip has no ``conf/`` beside the packages, so ``--profile local`` must come from
+    ``./conf``.
+    """
     script = tmp_path / "conf_check.py"
     script.write_text(CONF_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(code_zip[0])}
+    env = {k: v for k, v in os.environ.items() if k != "EO_CONF_DIR"}
+    env["PYTHONPATH"] = str(code_zip[0])
     proc = subprocess.run(
         [sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True
     )
-    if proc.returncode != 0 and "config profile not found" not in proc.stderr:
-        pytest.fail(f"failed for another reason than the known bug:\n{proc.stderr[-2000:]}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-
-
-@pytest.fixture(scope="session")
-def demo_root():  # DEV-ONLY
-    return Path("/work/shared/data")
+    assert Path(proc.stdout.strip()) == REPO / "conf" / "local.yaml"

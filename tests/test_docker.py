@@ -11,13 +11,17 @@ import json
 import re
 import shlex
 import sys
-import tomllib
 from pathlib import Path, PurePosixPath
 
 import pyspark
 import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pytest itself depends on tomli before Python 3.11
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "docker" / "Dockerfile"
@@ -86,9 +90,7 @@ def repo_path(container_path: str, instrs: list[tuple[str, str]]) -> Path | None
 
 def ignored(path: str, patterns: list[str]) -> bool:
     """Rough .dockerignore matching (no ``!`` exceptions are used in this repository)."""
-    return any(
-        fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path.split("/")[0], p) for p in patterns
-    )
+    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path.split("/")[0], p) for p in patterns)
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +128,6 @@ def test_base_image_python_is_allowed_by_pyproject(dockerfile, pyproject):
     m = re.match(r"python:(\d+\.\d+)", base)
     assert m, f"base image {base!r} is not an official python image"
     assert m.group(1) in SpecifierSet(pyproject["project"]["requires-python"])
-    assert m.group(1) == f"{sys.version_info.major}.{sys.version_info.minor}", (
-        "the image's Python differs from the one the tests run on"
-    )
 
 
 def test_spark_and_delta_versions_come_from_pyproject(dockerfile, pyproject):
@@ -137,9 +136,8 @@ def test_spark_and_delta_versions_come_from_pyproject(dockerfile, pyproject):
         for r in map(Requirement, pyproject["project"]["dependencies"])
         if r.name in ("pyspark", "delta-spark")
     }
-    assert pins == {"pyspark": "==4.1.4", "delta-spark": "==4.4.0"} or all(
-        s.startswith("==") for s in pins.values()
-    )
+    assert set(pins) == {"pyspark", "delta-spark"}
+    assert all(s.startswith("==") for s in pins.values()), pins
     runs = " ".join(rest for word, rest in dockerfile if word == "RUN")
     for name, spec in pins.items():
         for version in re.findall(rf"{name}==([\w.]+)", runs):
@@ -170,10 +168,15 @@ def test_default_command_runs_a_copied_job_with_a_valid_profile(dockerfile):
 
     from pipelines.ingest import config_from_args, parse_args
 
-    config = config_from_args(parse_args(cmd[1:]))
-    profile = parse_args(cmd[1:]).profile
-    assert repo_path(f"conf/{profile}.yaml", dockerfile) == REPO / "conf" / f"{profile}.yaml"
+    args = parse_args(cmd[1:])
+    config = config_from_args(args)  # the profile exists and validates
     assert config.storage.format == "delta"
+    profile = f"conf/{args.profile}.yaml"
+    assert repo_path(profile, dockerfile) == REPO / profile
+    # spark-defaults.conf names conf/ivysettings.xml next to the package sources
+    # (pipelines.session.IVY_SETTINGS): the project must be installed editable from /app.
+    runs = " ".join(rest for word, rest in dockerfile if word == "RUN")
+    assert re.search(r"pip install [^&;]*-e \.", runs), "the project is not installed editable"
 
 
 def test_spark_defaults_are_written_in_the_image(dockerfile):

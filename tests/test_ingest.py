@@ -291,3 +291,24 @@ def test_parquet_format_is_idempotent_too(spark, demo_root, tmp_path):
     run2, lake = run_ingest(spark, source, tmp_path / "pq", "storage.format=parquet")
     assert run2.ingested == [] and lake.read("tiles").count() == n
     assert not (tmp_path / "pq" / "tiles" / "_delta_log").exists()
+
+
+def test_spark_writer_gives_the_same_tiles_as_the_arrow_writer(spark, demo_root, tmp_path):
+    source = scenes_dir(demo_root) / "landsat"
+    cols = [
+        "scene_id",
+        "tile_row",
+        "tile_col",
+        "row_off",
+        "col_off",
+        "width",
+        "height",
+        "valid",
+        "red",
+        "qa",
+    ]
+    _, arrow_lake = run_ingest(spark, source, tmp_path / "a", "ingest.writer=arrow")
+    _, spark_lake = run_ingest(spark, source, tmp_path / "s", "ingest.writer=spark")
+    a = sorted(tuple(r) for r in arrow_lake.read("tiles").select(*cols).collect())
+    s = sorted(tuple(r) for r in spark_lake.read("tiles").select(*cols).collect())
+    assert a == s and len(a) > 0

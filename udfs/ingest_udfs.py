@@ -123,3 +123,90 @@ def make_tile_reader(
                         yield pa.RecordBatch.from_pylist(rows, schema=schema)
 
     return read_tiles
+
+
+FILE_SCHEMA = (
+    "scene_id string, path string, size long, modification_time long, "
+    "partition_values string, stats string, n_tiles long"
+)
+
+
+def _stats(table: pa.Table) -> str:
+    """Delta ``add`` statistics for the key columns (numRecords, min/max, null counts)."""
+    keys = ("scene_id", "tile_row", "tile_col")
+    lo = {k: min(table.column(k).to_pylist()) for k in keys}
+    hi = {k: max(table.column(k).to_pylist()) for k in keys}
+    return json.dumps(
+        {
+            "numRecords": table.num_rows,
+            "minValues": lo,
+            "maxValues": hi,
+            "nullCount": {k: 0 for k in keys},
+        }
+    )
+
+
+def make_tile_file_writer(
+    table_path: str,
+    schema: pa.Schema,
+    partition_by: tuple[str, ...],
+    tile_size: int,
+    overlap: int,
+    resampling: str,
+    zstd_level: int,
+    report_error: Callable[[list[dict[str, Any]]], None],
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """Build the mapInArrow function that writes each block's tiles as one Parquet file.
+
+    Pixels never cross into the JVM: the Python worker writes the file (ZSTD at
+    ``zstd_level``) under ``table_path/<col>=<value>/...`` and returns one small record per
+    file (relative path, size, partition values, statistics) for the driver to commit.
+    """
+    import os
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    data_schema = pa.schema([f for f in schema if f.name not in partition_by])
+
+    def write_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        out = []
+        with rasterio.Env(**GDAL_ENV):
+            for batch in batches:
+                for rec in batch.to_pylist():
+                    scene = json.loads(rec["scene"])
+                    block = ReadBlock(*(rec[k] for k in ReadBlock.__dataclass_fields__))
+                    try:
+                        rows = tiles_from_block(scene, block, tile_size, overlap, resampling)
+                    except SceneError as e:
+                        report_error([scene_error_row(e)])
+                        continue
+                    if not rows:
+                        continue
+                    parts = {p: str(scene[p]) for p in partition_by}
+                    rel = "/".join(f"{k}={v}" for k, v in parts.items())
+                    rel = (
+                        f"{rel}/part-{uuid.uuid4().hex}.zstd.parquet"
+                        if rel
+                        else (f"part-{uuid.uuid4().hex}.zstd.parquet")
+                    )
+                    table = pa.Table.from_pylist(rows, schema=data_schema)
+                    full = f"{table_path}/{rel}"
+                    os.makedirs(os.path.dirname(full), exist_ok=True)
+                    pq.write_table(table, full, compression="zstd", compression_level=zstd_level)
+                    st = os.stat(full)
+                    out.append(
+                        {
+                            "scene_id": scene["scene_id"],
+                            "path": rel,
+                            "size": st.st_size,
+                            "modification_time": int(st.st_mtime * 1000),
+                            "partition_values": json.dumps(parts),
+                            "stats": _stats(table),
+                            "n_tiles": table.num_rows,
+                        }
+                    )
+        if out:
+            yield pa.RecordBatch.from_pylist(out)
+
+    return write_files

@@ -250,6 +250,25 @@ def _fmt(b: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:.1f}" for v in b) + ")"
 
 
+def _integer_ratio(band: tuple[float, ...], grid: tuple[float, ...]) -> tuple[int, int, int] | None:
+    """``(k, col_shift, row_shift)`` when the band's pixels are k x k blocks of grid pixels.
+
+    ``col_shift``/``row_shift`` is the grid's origin in grid pixels from the band's origin.
+    None when the grids are rotated, not an integer multiple, or not aligned.
+    """
+    ba, bb, bc, bd, be, bf = band[:6]
+    ga, gb, gc, gd, ge, gf = grid[:6]
+    if bb or bd or gb or gd or ga <= 0 or ge >= 0:
+        return None
+    k = ba / ga
+    sx, sy = (gc - bc) / ga, (gf - bf) / ge
+    if abs(k - round(k)) > 1e-9 or abs(be / ge - k) > 1e-9:
+        return None
+    if abs(sx - round(sx)) > 1e-6 or abs(sy - round(sy)) > 1e-6:
+        return None
+    return int(round(k)), int(round(sx)), int(round(sy))
+
+
 def read_band_window(
     ds: Any,
     grid_transform: tuple[float, ...],
@@ -261,12 +280,31 @@ def read_band_window(
 ) -> np.ndarray:
     """Read the part of ``ds`` under a window of the scene grid, on that grid.
 
-    A band on the scene grid is read as is (exact DNs); a coarser band is read from the
-    fractional window covering the same ground, resampled to ``(height, width)``.
-    Returns a ``(height, width)`` array of the file's dtype.
+    A band on the scene grid is read as is (exact DNs). A coarser band aligned with the
+    grid at an integer ratio (20 m or 60 m under 10 m) is read at its own resolution and
+    repeated, for ``nearest``: the same pixels GDAL's nearest resampling picks, without
+    its resampling cost. Otherwise the fractional window covering the same ground is read
+    and resampled by GDAL. Returns a ``(height, width)`` array of the file's dtype.
     """
-    if tuple(ds.transform)[:6] == tuple(grid_transform[:6]):
+    band = tuple(ds.transform)[:6]
+    if band == tuple(grid_transform[:6]):
         return ds.read(1, window=Window(col_off, row_off, width, height))
+    ratio = _integer_ratio(band, grid_transform)
+    if resampling == Resampling.nearest and ratio is not None:
+        k, sx, sy = ratio
+        cols = (np.arange(col_off, col_off + width) + sx) // k
+        rows = (np.arange(row_off, row_off + height) + sy) // k
+        c0, r0 = int(cols[0]), int(rows[0])
+        win = Window(c0, r0, int(cols[-1]) - c0 + 1, int(rows[-1]) - r0 + 1)
+        inside = (
+            c0 >= 0
+            and r0 >= 0
+            and win.col_off + win.width <= ds.width
+            and (win.row_off + win.height <= ds.height)
+        )
+        if inside:
+            native = ds.read(1, window=win)
+            return native[np.ix_(rows - r0, cols - c0)]
     bounds = window_bounds(grid_transform, row_off, col_off, height, width)
     win = from_bounds(*bounds, transform=ds.transform)
     return ds.read(1, window=win, out_shape=(height, width), resampling=resampling, boundless=False)
