@@ -123,12 +123,45 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class FeaturesConfig:
+    """How ``tile_features`` (and the pixel feature view) are computed."""
+
+    indices: tuple[str, ...] = ("NDVI", "EVI", "SAVI", "NDWI", "MNDWI", "NDBI", "NBR", "NDMI")
+    #: Tiles whose cloud fraction is above this keep their row but get usable = false.
+    max_cloud_fraction: float = 0.5
+    rebuild: bool = False
+    #: ``arrow``: executors read the tiles' Parquet files with pyarrow (pixels never pass
+    #: through the JVM); ``spark``: read through Spark; ``auto``: arrow for local tables.
+    reader: str = "auto"
+
+    def __post_init__(self) -> None:
+        from udfs.indices import INDICES
+
+        unknown = [i for i in self.indices if i not in INDICES]
+        if unknown:
+            raise ConfigError(
+                f"features.indices: unknown index {unknown[0]!r} (known: {', '.join(INDICES)})"
+            )
+        if not 0.0 <= self.max_cloud_fraction <= 1.0:
+            raise ConfigError(
+                f"features.max_cloud_fraction must be within 0..1, got {self.max_cloud_fraction}"
+            )
+        if self.reader not in ("auto", "arrow", "spark"):
+            raise ConfigError(f"features.reader must be auto, arrow or spark, got {self.reader!r}")
+
+    def digest(self) -> str:
+        """Digest of the settings that change feature values (not max_cloud_fraction)."""
+        return hashlib.sha256(json.dumps(sorted(self.indices)).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of a job run."""
 
     spark: SparkConfig = field(default_factory=SparkConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
     def digest(self) -> str:
         """Stable digest of the whole configuration (recorded in ``runs``)."""
@@ -153,6 +186,10 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             if str(value).lower() in ("false", "no", "0", "off"):
                 return False
             raise ValueError(value)
+        if typ is float or text == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
         if typ is int or text == "int":
             if isinstance(value, bool):
                 raise ValueError(value)

@@ -2,8 +2,9 @@
 
 Flow of :func:`main`: load config -> start Spark -> discover scenes (driver, listing only)
 -> skip scenes already ingested with the same tiling -> inspect headers and metadata
-(executors) -> plan read blocks (driver) -> read, resample and cut tiles (executors) ->
-MERGE tiles -> record scenes, rejected inputs and the run.
+(executors) -> plan read blocks (driver) -> read, resample and cut tiles, write them
+(executors) -> commit tiles in one transaction -> MERGE scenes -> record rejected inputs
+and the run.
 
 Run with ``python -m pipelines.ingest`` or ``spark-submit pipelines/ingest.py``.
 """
@@ -15,23 +16,18 @@ import json
 import logging
 import os
 import sys
-import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from pipelines.config import Config, load_config
 from pipelines.discover import discover
 from pipelines.lakehouse import Lakehouse
+from pipelines.runs import ListParam, Run, phase, record_run
 from pipelines.session import build_session
-from pipelines.tables import REJECTED, RUNS, SCENES, TABLES, TILES
+from pipelines.tables import SCENES, TABLES, TILES
 from udfs.errors import ConfigError, PipelineError, SceneError
 from udfs.ingest_udfs import (
     FILE_SCHEMA,
@@ -40,47 +36,10 @@ from udfs.ingest_udfs import (
     make_tile_file_writer,
     make_tile_reader,
 )
-from udfs.reader import SceneSource, scene_error_row
+from udfs.reader import SceneSource
 from udfs.tiling import ReadBlock, plan_read_blocks, tile_grid_shape
 
 JOB = "ingest"
-log = logging.getLogger("eo.ingest")
-
-
-@contextmanager
-def phase(name: str) -> Iterator[None]:
-    """Log how long a phase of the job took (INFO)."""
-    t0 = time.perf_counter()
-    yield
-    log.info("%s took %.2f s", name, time.perf_counter() - t0)
-
-
-class ListParam(AccumulatorParam):
-    """Accumulator of lists: executors report unreadable blocks to the driver."""
-
-    def zero(self, value: list) -> list:
-        return []
-
-    def addInPlace(self, a: list, b: list) -> list:  # noqa: N802  (pyspark's name)
-        return a + b
-
-
-@dataclass
-class Run:
-    """One job run: its id, config and what happened to every input."""
-
-    config: Config
-    job: str = JOB
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-    seen: int = 0
-    ingested: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    tiles_written: int = 0
-
-    def reject(self, err: SceneError) -> None:
-        self.rejected.append(scene_error_row(err))
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -256,30 +215,6 @@ def scenes_frame(spark: SparkSession, run: Run, infos: list[dict[str, Any]]) -> 
     return spark.createDataFrame(rows, SCENES)
 
 
-def rejected_frame(spark: SparkSession, run: Run) -> DataFrame:
-    now = datetime.now(timezone.utc)
-    rows = [{**r, "run_id": run.run_id, "job": run.job, "rejected_at": now} for r in run.rejected]
-    return spark.createDataFrame(rows, REJECTED)
-
-
-def runs_frame(spark: SparkSession, run: Run, status: str) -> DataFrame:
-    row = {
-        "run_id": run.run_id,
-        "job": run.job,
-        "config_digest": run.config.digest(),
-        "source": run.config.ingest.source,
-        "inputs_seen": run.seen,
-        "ingested": len(run.ingested),
-        "skipped": len(run.skipped),
-        "rejected": len(run.rejected),
-        "tiles_written": run.tiles_written,
-        "status": status,
-        "started": run.started,
-        "ended": datetime.now(timezone.utc),
-    }
-    return spark.createDataFrame([row], RUNS)
-
-
 # ----------------------------------------------------------------------------- the job
 
 
@@ -342,13 +277,6 @@ def ingest(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
     )
     check_strict(run)
     return run
-
-
-def record_run(spark: SparkSession, lake: Lakehouse, run: Run, status: str) -> None:
-    """Append the run's rejected inputs and its ``runs`` row (also when the run failed)."""
-    if run.rejected:
-        lake.append("rejected", rejected_frame(spark, run))
-    lake.append("runs", runs_frame(spark, run, status))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pyspark.sql.types import (
     ArrayType,
     BinaryType,
+    BooleanType,
     DateType,
     DoubleType,
     IntegerType,
@@ -118,6 +119,31 @@ TILES = StructType(
     ]
 )
 
+STAT_STRUCT = StructType(
+    [
+        _f("count", LongType()),
+        *[_f(n, DoubleType()) for n in ("mean", "std", "min", "max", "p10", "p50", "p90")],
+    ]
+)
+
+TILE_FEATURES = StructType(
+    [
+        *TILE_KEY_FIELDS,
+        _f("sensor", StringType(), False),
+        _f("acquired_date", DateType(), False),
+        _f("pixel_count", LongType(), False),
+        _f("valid_count", LongType(), False),  # neither nodata nor masked (cloud, snow ...)
+        _f("valid_fraction", DoubleType()),  # valid_count / pixel_count
+        _f("cloud_fraction", DoubleType()),  # cloud+shadow / pixels with data; NaN if none
+        _f("usable", BooleanType(), False),  # valid_fraction > 0, cloud <= max_cloud_fraction
+        # layer (band column or lower-case index name) -> statistics over valid pixels;
+        # reflectance and indices are unitless
+        _f("stats", MapType(StringType(), STAT_STRUCT)),
+        _f("features_digest", StringType(), False),
+        _f("run_id", StringType(), False),
+    ]
+)
+
 REJECTED = StructType(
     [
         _f("run_id", StringType(), False),
@@ -164,6 +190,7 @@ TABLES = {
     for t in (
         Table("scenes", SCENES, ("scene_id",)),
         Table("tiles", TILES, ("scene_id", "tile_row", "tile_col"), ("sensor", "acq_month")),
+        Table("tile_features", TILE_FEATURES, ("scene_id", "tile_row", "tile_col")),
         Table("rejected", REJECTED, ("run_id", "href", "scene_id", "stage")),
         Table("runs", RUNS, ("run_id",)),
     )

@@ -1,0 +1,227 @@
+"""Features job: ``tiles`` -> ``tile_features`` (cloud-masked reflectance statistics).
+
+Flow of :func:`main`: load config -> start Spark -> find scenes without features (or with
+features of other settings: refused unless ``--rebuild``) -> executors read their tiles,
+mask clouds (SCL / QA_PIXEL), scale DN to surface reflectance with each scene's own
+scaling, compute indices and per-tile statistics -> MERGE into ``tile_features`` ->
+record rejected tiles and the run.
+
+:func:`pixel_features` is the pixel-level feature view the model jobs train and predict on.
+
+Run with ``python -m pipelines.features`` or ``spark-submit pipelines/features.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
+
+from pipelines.config import Config, load_config
+from pipelines.lakehouse import Lakehouse
+from pipelines.runs import ListParam, Run, phase, record_run
+from pipelines.session import build_session
+from pipelines.tables import TILE_FEATURES, TILES
+from udfs.errors import ConfigError, PipelineError
+from udfs.feature_udfs import (
+    TILE_COLUMNS,
+    make_file_feature_reader,
+    make_pixel_reader,
+    make_row_feature_reader,
+)
+from udfs.sensors import SENSORS
+
+JOB = "features"
+
+
+def scene_table(lake: Lakehouse, scene_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """scene_id -> sensor, scaling (band -> [scale, offset]) and acquisition date."""
+    df = lake.read("scenes").select("scene_id", "sensor", "scaling", "acquired_date")
+    if scene_ids is not None:
+        df = df.filter(F.col("scene_id").isin(scene_ids))
+    return {
+        r.scene_id: {
+            "sensor": r.sensor,
+            "scaling": {k: [v.scale, v.offset] for k, v in (r.scaling or {}).items()},
+            "acquired_date": r.acquired_date,
+        }
+        for r in df.collect()
+    }
+
+
+def plan_scenes(run: Run, lake: Lakehouse) -> dict[str, dict[str, Any]]:
+    """Scenes that need features; refuses scenes whose features used other settings."""
+    feats = run.config.features
+    digest = feats.digest()
+    done = {
+        r.scene_id: r.features_digest
+        for r in lake.read("tile_features")
+        .select("scene_id", "features_digest")
+        .distinct()
+        .collect()
+    }
+    stale = sorted(s for s, d in done.items() if d != digest)
+    if stale and not feats.rebuild:
+        raise ConfigError(
+            f"{len(stale)} scene(s) (e.g. {stale[0]}) have features computed with other "
+            f"indices than {', '.join(feats.indices)}; re-run with --rebuild to recompute them"
+        )
+    lake.delete("tile_features", "scene_id", stale)
+    scenes = scene_table(lake)
+    run.skipped = sorted(s for s in scenes if done.get(s) == digest)
+    return {s: v for s, v in scenes.items() if done.get(s) != digest}
+
+
+def use_file_reader(config: Config, lake: Lakehouse) -> bool:
+    reader = config.features.reader
+    return reader == "arrow" or (reader == "auto" and lake.local)
+
+
+def tile_files(lake: Lakehouse, scene_ids: list[str]) -> list[str]:
+    """Local paths of the ``tiles`` files of the current table version holding these scenes."""
+    files = lake.read("tiles").filter(F.col("scene_id").isin(scene_ids)).inputFiles()
+    return sorted(f.removeprefix("file://").removeprefix("file:") for f in files)
+
+
+def features_frame(
+    spark: SparkSession, lake: Lakehouse, run: Run, todo: dict[str, dict[str, Any]], errors: Any
+) -> DataFrame:
+    """``tile_features`` rows of the scenes in ``todo``, computed on the executors."""
+    feats = run.config.features
+    schema = to_arrow_schema(TILE_FEATURES)
+    extra = {"features_digest": feats.digest(), "run_id": run.run_id}
+    args = (todo, list(feats.indices), feats.max_cloud_fraction, extra, schema, errors.add)
+    if use_file_reader(run.config, lake):
+        paths = tile_files(lake, list(todo))
+        rdd = spark.sparkContext.parallelize([(p,) for p in paths], max(1, len(paths)))
+        return spark.createDataFrame(rdd, "path string").mapInArrow(
+            make_file_feature_reader(*args), TILE_FEATURES
+        )
+    tiles = lake.read("tiles").filter(F.col("scene_id").isin(list(todo)))
+    return tiles.select(*TILE_COLUMNS).mapInArrow(make_row_feature_reader(*args), TILE_FEATURES)
+
+
+def features(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
+    """Compute ``tile_features`` for every scene that lacks them."""
+    with phase("plan"):
+        todo = plan_scenes(run, lake)
+        n_tiles = {
+            r.scene_id: r.n_tiles
+            for r in lake.read("scenes").select("scene_id", "n_tiles").collect()
+        }
+        run.seen = sum(n_tiles.get(s, 0) for s in todo)
+    errors = spark.sparkContext.accumulator([], ListParam())
+    if todo:
+        with phase(f"features of {len(todo)} scene(s)"):
+            lake.merge("tile_features", features_frame(spark, lake, run, todo, errors))
+    run.rejected.extend(errors.value)
+    run.ingested = sorted(todo)
+    if todo:
+        written = lake.read("tile_features").filter(F.col("run_id") == run.run_id).count()
+        run.tiles_written = written
+    return run
+
+
+# ----------------------------------------------------------------------------- pixel view
+
+
+def pixel_schema(indices: list[str]) -> StructType:
+    """Schema of the pixel feature view: keys, pixel position, reflectance, indices."""
+    bands = list(dict.fromkeys(b.common for s in SENSORS.values() for b in s.reflectance_bands))
+    return StructType(
+        [
+            *[TILES[n] for n in ("scene_id", "tile_row", "tile_col", "sensor", "acquired_date")],
+            StructField("row", IntegerType(), False),  # pixel row inside the tile
+            StructField("col", IntegerType(), False),
+            *[StructField(b, FloatType()) for b in bands],  # reflectance, unitless
+            *[StructField(i.lower(), FloatType()) for i in indices],
+        ]
+    )
+
+
+def pixel_features(
+    spark: SparkSession,
+    lake: Lakehouse,
+    config: Config,
+    scene_ids: list[str] | None = None,
+    usable_only: bool = True,
+) -> DataFrame:
+    """Lazy view: one row per valid (unmasked) pixel of the chosen tiles.
+
+    Pixels are exploded on the executors, tile by tile; nothing is collected. With
+    ``usable_only`` only tiles whose ``tile_features.usable`` is true are used (requires the
+    features job to have run). Columns: tile key, ``sensor``, ``acquired_date``, ``row`` /
+    ``col`` in the tile, reflectance per band column (null where the sensor lacks it) and
+    one column per index (lower-case).
+    """
+    indices = list(config.features.indices)
+    scenes = scene_table(lake, scene_ids)
+    tiles = lake.read("tiles").filter(F.col("scene_id").isin(list(scenes)))
+    if usable_only:
+        ok = lake.read("tile_features").filter("usable").select("scene_id", "tile_row", "tile_col")
+        tiles = tiles.join(ok, ["scene_id", "tile_row", "tile_col"], "left_semi")
+    schema = pixel_schema(indices)
+    reader = make_pixel_reader(scenes, indices, to_arrow_schema(schema))
+    return tiles.select(*TILE_COLUMNS).mapInArrow(reader, schema)
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="features", description=__doc__.split("\n")[0])
+    p.add_argument("--profile", default="local", help="conf/<profile>.yaml or a YAML path")
+    p.add_argument("--root", help="table root folder (storage.root)")
+    p.add_argument("--max-cloud-fraction", type=float, help="features.max_cloud_fraction")
+    p.add_argument("--rebuild", action="store_true", help="recompute features of other settings")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = []
+    if args.root:
+        overrides.append(f"storage.root={args.root}")
+    if args.max_cloud_fraction is not None:
+        overrides.append(f"features.max_cloud_fraction={args.max_cloud_fraction}")
+    if args.rebuild:
+        overrides.append("features.rebuild=true")
+    return load_config(args.profile, [*overrides, *args.set])
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    spark = build_session(config)
+    lake = Lakehouse(spark, config.storage)
+    run = Run(config, job=JOB, source=lake.path("tiles"))
+    status = "failed"
+    try:
+        features(spark, lake, run)
+        status = "succeeded"
+    except PipelineError as e:
+        print(f"features failed: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    finally:
+        record_run(spark, lake, run, status)
+    print(
+        f"features run {run.run_id}: {len(run.ingested)} scene(s) processed, "
+        f"{len(run.skipped)} already done, {run.tiles_written} tile rows written, "
+        f"{len(run.rejected)} tile(s) rejected -> {lake.path('tile_features')}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

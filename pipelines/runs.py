@@ -1,0 +1,95 @@
+"""What every job run records: its id, its inputs' fate, ``runs`` and ``rejected`` rows."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pyspark.accumulators import AccumulatorParam
+from pyspark.sql import DataFrame, SparkSession
+
+from pipelines.config import Config
+from pipelines.lakehouse import Lakehouse
+from pipelines.tables import REJECTED, RUNS
+from udfs.errors import SceneError
+from udfs.reader import scene_error_row
+
+log = logging.getLogger("eo")
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Log how long a phase of the job took (INFO)."""
+    t0 = time.perf_counter()
+    yield
+    log.info("%s took %.2f s", name, time.perf_counter() - t0)
+
+
+class ListParam(AccumulatorParam):
+    """Accumulator of lists: executors report unreadable blocks to the driver."""
+
+    def zero(self, value: list) -> list:
+        return []
+
+    def addInPlace(self, a: list, b: list) -> list:  # noqa: N802  (pyspark's name)
+        return a + b
+
+
+@dataclass
+class Run:
+    """One job run: its id, config and what happened to every input."""
+
+    config: Config
+    job: str = "ingest"
+    source: str = ""
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    seen: int = 0
+    ingested: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    tiles_written: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.source and self.job == "ingest":
+            self.source = self.config.ingest.source
+
+    def reject(self, err: SceneError) -> None:
+        self.rejected.append(scene_error_row(err))
+
+
+def rejected_frame(spark: SparkSession, run: Run) -> DataFrame:
+    now = datetime.now(timezone.utc)
+    rows = [{**r, "run_id": run.run_id, "job": run.job, "rejected_at": now} for r in run.rejected]
+    return spark.createDataFrame(rows, REJECTED)
+
+
+def runs_frame(spark: SparkSession, run: Run, status: str) -> DataFrame:
+    row = {
+        "run_id": run.run_id,
+        "job": run.job,
+        "config_digest": run.config.digest(),
+        "source": run.source,
+        "inputs_seen": run.seen,
+        "ingested": len(run.ingested),
+        "skipped": len(run.skipped),
+        "rejected": len(run.rejected),
+        "tiles_written": run.tiles_written,
+        "status": status,
+        "started": run.started,
+        "ended": datetime.now(timezone.utc),
+    }
+    return spark.createDataFrame([row], RUNS)
+
+
+def record_run(spark: SparkSession, lake: Lakehouse, run: Run, status: str) -> None:
+    """Append the run's rejected inputs and its ``runs`` row (also when the run failed)."""
+    if run.rejected:
+        lake.append("rejected", rejected_frame(spark, run))
+    lake.append("runs", runs_frame(spark, run, status))

@@ -1,0 +1,160 @@
+"""Thin Arrow wrappers running :mod:`udfs.features` inside executor Python workers.
+
+Two ways in, one kernel: :func:`make_file_feature_reader` reads the ``tiles`` Parquet files
+itself with pyarrow (pixels never pass through the JVM); :func:`make_row_feature_reader`
+takes tile rows from a Spark DataFrame. Bad tiles are reported as ``rejected`` records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from udfs.features import TileDataError, decode_tile, pixel_table, tile_features
+from udfs.sensors import BAND_COLUMNS
+
+TILE_COLUMNS = ("scene_id", "tile_row", "tile_col", "width", "height", "dtype", *BAND_COLUMNS)
+
+
+def _scaling(scene: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    return {k: (float(v[0]), float(v[1])) for k, v in scene["scaling"].items()}
+
+
+def feature_rows(
+    rows: Sequence[Mapping[str, Any]],
+    scenes: Mapping[str, Mapping[str, Any]],
+    indices: Sequence[str],
+    max_cloud_fraction: float,
+    extra: Mapping[str, Any],
+    report_error: Callable[[list[dict[str, Any]]], None],
+) -> list[dict[str, Any]]:
+    """``tile_features`` rows for tile rows of the scenes in ``scenes`` (others skipped)."""
+    out = []
+    errors = []
+    for row in rows:
+        scene = scenes.get(row["scene_id"])
+        if scene is None:
+            continue
+        try:
+            dn = decode_tile(row, scene["sensor"])
+        except TileDataError as e:
+            errors.append(
+                {
+                    "href": f"tiles/{row['scene_id']}/{row['tile_row']}/{row['tile_col']}",
+                    "scene_id": row["scene_id"],
+                    "stage": "features",
+                    "error_class": "BadTile",
+                    "reason": f"tile ({row['tile_row']}, {row['tile_col']}): {e}",
+                }
+            )
+            continue
+        f = tile_features(scene["sensor"], dn, _scaling(scene), indices)
+        cloud = f["cloud_fraction"]
+        out.append(
+            {
+                "scene_id": row["scene_id"],
+                "tile_row": row["tile_row"],
+                "tile_col": row["tile_col"],
+                "sensor": scene["sensor"],
+                "acquired_date": scene["acquired_date"],
+                "pixel_count": f["pixel_count"],
+                "valid_count": f["valid_count"],
+                "valid_fraction": f["valid_fraction"],
+                "cloud_fraction": cloud,
+                "usable": f["valid_count"] > 0 and cloud == cloud and cloud <= max_cloud_fraction,
+                "stats": list(f["stats"].items()),
+                **extra,
+            }
+        )
+    if errors:
+        report_error(errors)
+    return out
+
+
+def make_file_feature_reader(
+    scenes: Mapping[str, Mapping[str, Any]],
+    indices: Sequence[str],
+    max_cloud_fraction: float,
+    extra: Mapping[str, Any],
+    schema: pa.Schema,
+    report_error: Callable[[list[dict[str, Any]]], None],
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """mapInArrow function: rows of ``path`` (a tiles Parquet file) -> ``tile_features``."""
+
+    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for path in batch.column("path").to_pylist():
+                pf = pq.ParquetFile(path)
+                for rg in range(pf.num_row_groups):
+                    table = pf.read_row_group(rg, columns=list(TILE_COLUMNS))
+                    rows = feature_rows(
+                        table.to_pylist(), scenes, indices, max_cloud_fraction, extra, report_error
+                    )
+                    if rows:
+                        yield pa.RecordBatch.from_pylist(rows, schema=schema)
+
+    return read
+
+
+def make_row_feature_reader(
+    scenes: Mapping[str, Mapping[str, Any]],
+    indices: Sequence[str],
+    max_cloud_fraction: float,
+    extra: Mapping[str, Any],
+    schema: pa.Schema,
+    report_error: Callable[[list[dict[str, Any]]], None],
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """mapInArrow function: ``tiles`` rows -> ``tile_features`` rows."""
+
+    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            rows = feature_rows(
+                batch.to_pylist(), scenes, indices, max_cloud_fraction, extra, report_error
+            )
+            if rows:
+                yield pa.RecordBatch.from_pylist(rows, schema=schema)
+
+    return read
+
+
+def make_pixel_reader(
+    scenes: Mapping[str, Mapping[str, Any]],
+    indices: Sequence[str],
+    schema: pa.Schema,
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """mapInArrow function: ``tiles`` rows -> one row per valid pixel (see pixel view)."""
+    names = [f.name for f in schema]
+
+    def explode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for row in batch.to_pylist():
+                scene = scenes.get(row["scene_id"])
+                if scene is None:
+                    continue
+                try:
+                    dn = decode_tile(row, scene["sensor"])
+                except TileDataError:
+                    continue  # the features job rejects such tiles with a reason
+                cols = pixel_table(scene["sensor"], dn, _scaling(scene), indices)
+                n = len(cols["row"])
+                if n == 0:
+                    continue
+                arrays = []
+                for name in names:
+                    if name in cols:
+                        arrays.append(pa.array(cols[name], type=schema.field(name).type))
+                    elif name in ("scene_id", "sensor"):
+                        value = row["scene_id"] if name == "scene_id" else scene["sensor"]
+                        arrays.append(pa.array([value] * n, pa.string()))
+                    elif name in ("tile_row", "tile_col"):
+                        arrays.append(pa.array([row[name]] * n, pa.int32()))
+                    elif name == "acquired_date":
+                        arrays.append(pa.array([scene["acquired_date"]] * n, pa.date32()))
+                    else:
+                        arrays.append(pa.nulls(n, schema.field(name).type))
+                yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    return explode
