@@ -24,17 +24,21 @@ from udfs.errors import ConfigError
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
+def conf_file(name: str) -> Path | None:
+    """First ``name`` found in $EO_CONF_DIR, ./conf, the repository's conf/; else None."""
+    dirs = [Path(d) for d in (os.environ.get("EO_CONF_DIR"),) if d]
+    for d in [*dirs, Path.cwd() / "conf", CONF_DIR]:
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
 def profile_path(profile: str) -> Path:
     """The YAML file of a profile name (``local``) or the path itself when one is given."""
     path = Path(profile)
     if path.suffix:
         return path
-    dirs = [Path(d) for d in (os.environ.get("EO_CONF_DIR"),) if d]
-    dirs += [Path.cwd() / "conf", CONF_DIR]
-    for d in dirs:
-        if (d / f"{profile}.yaml").is_file():
-            return d / f"{profile}.yaml"
-    return dirs[-1] / f"{profile}.yaml"
+    return conf_file(f"{profile}.yaml") or CONF_DIR / f"{profile}.yaml"
 
 
 RESAMPLING_METHODS = ("nearest", "bilinear", "cubic", "average", "mode")

@@ -24,10 +24,10 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
 
 from pipelines.config import Config, load_config
+from pipelines.datamodel import TILE_FEATURES, TILES
 from pipelines.lakehouse import Lakehouse
 from pipelines.runs import ListParam, Run, phase, record_run
 from pipelines.session import build_session
-from pipelines.tables import TILE_FEATURES, TILES
 from udfs.errors import ConfigError, PipelineError
 from udfs.feature_udfs import (
     TILE_COLUMNS,

@@ -23,11 +23,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from pipelines.config import Config, load_config
+from pipelines.datamodel import SCENES, TABLES, TILES
 from pipelines.discover import discover
 from pipelines.lakehouse import Lakehouse
 from pipelines.runs import ListParam, Run, phase, record_run
 from pipelines.session import build_session
-from pipelines.tables import SCENES, TABLES, TILES
 from udfs.errors import ConfigError, PipelineError, SceneError
 from udfs.ingest_udfs import (
     FILE_SCHEMA,

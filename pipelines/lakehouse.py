@@ -1,4 +1,4 @@
-"""Reading and writing the tables of :mod:`pipelines.tables`, in Delta (default) or Parquet.
+"""Reading and writing the tables of :mod:`pipelines.datamodel`, in Delta (default) or Parquet.
 
 Every write is keyed: ``merge`` inserts only rows whose key is not in the table yet
 (Delta MERGE; for Parquet an anti-join then append), so every job can be re-run safely.
@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import StorageConfig
-from pipelines.tables import TABLES, Table
+from pipelines.datamodel import TABLES, Table
 
 
 class Lakehouse:

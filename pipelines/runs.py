@@ -15,8 +15,8 @@ from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.config import Config
+from pipelines.datamodel import REJECTED, RUNS
 from pipelines.lakehouse import Lakehouse
-from pipelines.tables import REJECTED, RUNS
 from udfs.errors import SceneError
 from udfs.reader import scene_error_row
 

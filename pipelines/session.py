@@ -12,9 +12,12 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from pipelines.config import Config, SparkConfig, StorageConfig
+from pipelines.config import Config, SparkConfig, StorageConfig, conf_file
 
-IVY_SETTINGS = Path(__file__).resolve().parent.parent / "conf" / "ivysettings.xml"
+
+def ivy_settings() -> Path | None:
+    """conf/ivysettings.xml (Maven Central only, see the file), where it can be found."""
+    return conf_file("ivysettings.xml")
 
 
 def delta_package() -> str:
@@ -75,9 +78,11 @@ def with_delta(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.
     if cfg.jars:
         return builder.config("spark.jars", ",".join(cfg.jars))
     packages = [delta_package(), *cfg.packages]
-    return builder.config("spark.jars.packages", ",".join(packages)).config(
-        "spark.jars.ivySettings", str(IVY_SETTINGS)
-    )
+    builder = builder.config("spark.jars.packages", ",".join(packages))
+    settings = ivy_settings()
+    if settings is not None:  # else Spark's own resolvers
+        builder = builder.config("spark.jars.ivySettings", str(settings))
+    return builder
 
 
 def with_parquet(builder: SparkSession.Builder, storage: StorageConfig) -> SparkSession.Builder:
@@ -105,12 +110,14 @@ def spark_defaults(python: str = sys.executable) -> str:
     """
     lines = {
         "spark.jars.packages": delta_package(),
-        "spark.jars.ivySettings": str(IVY_SETTINGS),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.pyspark.python": python,
         "spark.pyspark.driver.python": python,
     }
+    settings = ivy_settings()
+    if settings is not None:
+        lines["spark.jars.ivySettings"] = str(settings.resolve())
     return "".join(f"{k} {v}\n" for k, v in lines.items())
 
 

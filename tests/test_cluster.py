@@ -375,13 +375,13 @@ from pyspark.sql import SparkSession
 
 
 def where(_):
-    import pipelines.tables
+    import pipelines.datamodel
     import udfs._shipped  # only the shipped zip has this module
     import udfs.tiling
 
     return {
         "udfs": udfs.tiling.__file__,
-        "pipelines": pipelines.tables.__file__,
+        "pipelines": pipelines.datamodel.__file__,
         "token": udfs._shipped.TOKEN,
     }
 
