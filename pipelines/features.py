@@ -25,6 +25,7 @@ from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
 
 from pipelines.config import Config, load_config
 from pipelines.datamodel import TILE_FEATURES, TILES
+from pipelines.ingest import task_count
 from pipelines.lakehouse import Lakehouse
 from pipelines.runs import ListParam, Run, phase, record_run
 from pipelines.session import build_session
@@ -99,7 +100,7 @@ def features_frame(
     args = (todo, list(feats.indices), feats.max_cloud_fraction, extra, schema, errors.add)
     if use_file_reader(run.config, lake):
         paths = tile_files(lake, list(todo))
-        rdd = spark.sparkContext.parallelize([(p,) for p in paths], max(1, len(paths)))
+        rdd = spark.sparkContext.parallelize([(p,) for p in paths], task_count(spark, len(paths)))
         return spark.createDataFrame(rdd, "path string").mapInArrow(
             make_file_feature_reader(*args), TILE_FEATURES
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from typing import Any
 
@@ -51,7 +52,12 @@ def _json_default(v: Any) -> Any:
 
 
 def tiles_from_block(
-    scene: dict[str, Any], block: ReadBlock, tile_size: int, overlap: int, resampling: str
+    scene: dict[str, Any],
+    block: ReadBlock,
+    tile_size: int,
+    overlap: int,
+    resampling: str,
+    datasets: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Read one block and build the ``tiles`` rows (pixel columns encoded) for it."""
     sensor = SENSORS[scene["sensor"]]
@@ -59,7 +65,7 @@ def tiles_from_block(
     dtype = np.result_type(*[np.dtype(b["dtype"]) for b in scene["bands"]])
     crs = CRS.from_wkt(scene["crs_wkt"])
     rows = []
-    for tile in read_block(scene, block, tile_size, overlap, resampling):
+    for tile in read_block(scene, block, tile_size, overlap, resampling, datasets):
         arrays = tile["arrays"]
         valid = np.ones((tile["window"].height, tile["window"].width), dtype=bool)
         for c in refl_cols:
@@ -125,6 +131,15 @@ def make_tile_reader(
     return read_tiles
 
 
+@contextmanager
+def _closing(datasets: dict[str, Any]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for ds in datasets.values():
+            ds.close()
+
+
 FILE_SCHEMA = (
     "scene_id string, path string, size long, modification_time long, "
     "partition_values string, stats string, n_tiles long"
@@ -171,13 +186,16 @@ def make_tile_file_writer(
 
     def write_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         out = []
-        with rasterio.Env(**GDAL_ENV):
+        datasets: dict[str, Any] = {}  # files stay open across the task's blocks
+        with rasterio.Env(**GDAL_ENV), _closing(datasets):
             for batch in batches:
                 for rec in batch.to_pylist():
                     scene = json.loads(rec["scene"])
                     block = ReadBlock(*(rec[k] for k in ReadBlock.__dataclass_fields__))
                     try:
-                        rows = tiles_from_block(scene, block, tile_size, overlap, resampling)
+                        rows = tiles_from_block(
+                            scene, block, tile_size, overlap, resampling, datasets
+                        )
                     except SceneError as e:
                         report_error([scene_error_row(e)])
                         continue

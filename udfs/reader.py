@@ -311,13 +311,20 @@ def read_band_window(
 
 
 def read_block(
-    scene: dict[str, Any], block: ReadBlock, tile_size: int, overlap: int, resampling: str
+    scene: dict[str, Any],
+    block: ReadBlock,
+    tile_size: int,
+    overlap: int,
+    resampling: str,
+    datasets: dict[str, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Read one block of tiles of a scene; yield one dict per tile.
 
     Each dict holds the tile window and ``arrays``: column name -> ``(h, w)`` array of the
     scene's band dtype (quality bands are read with ``nearest`` whatever ``resampling``).
     Raises :class:`RasterReadError` naming the scene, file and window on a decode failure.
+    ``datasets`` (href -> open dataset), when given, keeps files open across blocks; the
+    caller closes them.
     """
     grid = tuple(scene["transform"])
     method = Resampling[resampling]
@@ -326,7 +333,12 @@ def read_block(
         href = band["href"]
         role = SENSORS[scene["sensor"]].band(band["name"]).role
         try:
-            with rasterio.open(href) as ds:
+            ds = datasets.get(href) if datasets is not None else None
+            if ds is None:
+                ds = rasterio.open(href)
+                if datasets is not None:
+                    datasets[href] = ds
+            try:
                 block_arrays[band["column"]] = read_band_window(
                     ds,
                     grid,
@@ -336,6 +348,9 @@ def read_block(
                     block.width,
                     Resampling.nearest if role == "quality" else method,
                 )
+            finally:
+                if datasets is None:
+                    ds.close()
         except (RasterioIOError, RasterioError, OSError) as e:
             raise RasterReadError(
                 f"band {band['name']}: cannot decode window rows {block.row_off}.."
