@@ -42,8 +42,8 @@ JOB = "features"
 
 
 def scene_table(lake: Lakehouse, scene_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """scene_id -> sensor, scaling (band -> [scale, offset]) and acquisition date."""
-    df = lake.read("scenes").select("scene_id", "sensor", "scaling", "acquired_date")
+    """scene_id -> sensor, scaling (band -> [scale, offset]), acquisition date, tile count."""
+    df = lake.read("scenes").select("scene_id", "sensor", "scaling", "acquired_date", "n_tiles")
     if scene_ids is not None:
         df = df.filter(F.col("scene_id").isin(scene_ids))
     return {
@@ -51,6 +51,7 @@ def scene_table(lake: Lakehouse, scene_ids: list[str] | None = None) -> dict[str
             "sensor": r.sensor,
             "scaling": {k: [v.scale, v.offset] for k, v in (r.scaling or {}).items()},
             "acquired_date": r.acquired_date,
+            "n_tiles": r.n_tiles,
         }
         for r in df.collect()
     }
@@ -112,20 +113,15 @@ def features(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
     """Compute ``tile_features`` for every scene that lacks them."""
     with phase("plan"):
         todo = plan_scenes(run, lake)
-        n_tiles = {
-            r.scene_id: r.n_tiles
-            for r in lake.read("scenes").select("scene_id", "n_tiles").collect()
-        }
-        run.seen = sum(n_tiles.get(s, 0) for s in todo)
+        run.seen = sum(s["n_tiles"] or 0 for s in todo.values())
     errors = spark.sparkContext.accumulator([], ListParam())
     if todo:
         with phase(f"features of {len(todo)} scene(s)"):
             lake.merge("tile_features", features_frame(spark, lake, run, todo, errors))
     run.rejected.extend(errors.value)
     run.ingested = sorted(todo)
-    if todo:
-        written = lake.read("tile_features").filter(F.col("run_id") == run.run_id).count()
-        run.tiles_written = written
+    # Every tile of these scenes has a features row unless it was rejected.
+    run.tiles_written = run.seen - len(errors.value)
     return run
 
 

@@ -231,6 +231,8 @@ def scenes_frame(spark: SparkSession, run: Run, infos: list[dict[str, Any]]) -> 
 
 def existing_tilings(lake: Lakehouse) -> dict[str, str]:
     """scene_id -> tiling digest of every scene already in ``scenes``."""
+    if not lake.exists("scenes"):
+        return {}
     rows = lake.read("scenes").select("scene_id", "tiling_digest").collect()
     return {r.scene_id: r.tiling_digest for r in rows}
 
