@@ -7,6 +7,7 @@ Every write is keyed: ``merge`` inserts only rows whose key is not in the table 
 from __future__ import annotations
 
 import json
+import os
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -20,7 +21,9 @@ class Lakehouse:
 
     def __init__(self, spark: SparkSession, storage: StorageConfig) -> None:
         self.spark = spark
-        self.root = storage.root.rstrip("/")
+        root = storage.root.rstrip("/")
+        # Delta takes a relative location for a table name: make local roots absolute.
+        self.root = root if "://" in root or root.startswith("file:") else os.path.abspath(root)
         self.format = storage.format
 
     def path(self, name: str) -> str:
