@@ -19,6 +19,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m pipelines.demo --out data/demo --size $(DEMO_SIZE)
 	$(PY) -m pipelines.ingest --profile local
+	$(PY) -m pipelines.features --profile local
 
 ## Command 2: the whole test suite.
 test: setup
