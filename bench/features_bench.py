@@ -39,7 +39,21 @@ from pipelines.session import build_session  # noqa: E402
 from udfs.features import DEFAULT_INDICES, tile_features  # noqa: E402
 from udfs.sensors import SENTINEL2_L2A  # noqa: E402
 
-S2_BAND_IDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+S2_BAND_IDS = [
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B09",
+    "B10",
+    "B11",
+    "B12",
+]
 
 
 def scaling_from_mtd(safe: Path) -> dict[str, tuple[float, float]]:
@@ -74,7 +88,9 @@ def baseline(safe: Path, tile: int = 256, block: int = 1024) -> int:
                 else:
                     b = rasterio.windows.bounds(Window(c0, r0, bw, bh), ref.transform)
                     win = from_bounds(*b, transform=src.transform)
-                    arrays[c] = src.read(1, window=win, out_shape=(bh, bw), resampling=Resampling.nearest)
+                    arrays[c] = src.read(
+                        1, window=win, out_shape=(bh, bw), resampling=Resampling.nearest
+                    )
             for tr in range(0, bh, tile):
                 for tc in range(0, bw, tile):
                     cut = {c: a[tr : tr + tile, tc : tc + tile] for c, a in arrays.items()}
@@ -103,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_session(load_config("local"))
     timings = {}
     for name, source in (("warm", work / "warm" / "scenes"), ("demo", work / "demo" / "scenes")):
-        config = load_config("local", [f"ingest.source={source}", f"storage.root={work / ('lake-' + name)}"])
+        config = load_config(
+            "local", [f"ingest.source={source}", f"storage.root={work / ('lake-' + name)}"]
+        )
         lake = Lakehouse(spark, config.storage)
         ingest(spark, lake, Run(config))
         t = time.perf_counter()
@@ -112,17 +130,22 @@ def main(argv: list[str] | None = None) -> int:
     assert run.tiles_written == n_tiles, (run.tiles_written, n_tiles)
     spark.stop()
     spark_s = timings["demo"]
-    print(json.dumps({
-        "size": args.size,
-        "band_pixels": band_px,
-        "tiles": n_tiles,
-        "cores": os.cpu_count(),
-        "baseline_s": round(base_s, 2),
-        "spark_s": round(spark_s, 2),
-        "baseline_mpx_s": round(band_px / base_s / 1e6, 1),
-        "spark_mpx_s": round(band_px / spark_s / 1e6, 1),
-        "ratio_spark_over_baseline": round(base_s / spark_s, 2),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "size": args.size,
+                "band_pixels": band_px,
+                "tiles": n_tiles,
+                "cores": os.cpu_count(),
+                "baseline_s": round(base_s, 2),
+                "spark_s": round(spark_s, 2),
+                "baseline_mpx_s": round(band_px / base_s / 1e6, 1),
+                "spark_mpx_s": round(band_px / spark_s / 1e6, 1),
+                "ratio_spark_over_baseline": round(base_s / spark_s, 2),
+            },
+            indent=2,
+        )
+    )
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

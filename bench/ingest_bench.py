@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from pipelines.config import load_config  # noqa: E402
 from pipelines.demo import generate  # noqa: E402
-from pipelines.ingest import Run, ingest  # noqa: E402
+from pipelines.ingest import ingest  # noqa: E402
 from pipelines.lakehouse import Lakehouse  # noqa: E402
+from pipelines.runs import Run  # noqa: E402
 from pipelines.session import build_session  # noqa: E402
 
 BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12", "SCL"]

@@ -27,9 +27,8 @@ from pipelines.config import Config, load_config
 from pipelines.datamodel import TILE_FEATURES, TILES
 from pipelines.ingest import task_count
 from pipelines.lakehouse import Lakehouse
-from pipelines.runs import ListParam, Run, phase, record_run
-from pipelines.session import build_session
-from udfs.errors import ConfigError, PipelineError
+from pipelines.runs import ListParam, Run, phase, run_job
+from udfs.errors import ConfigError
 from udfs.feature_udfs import (
     TILE_COLUMNS,
     make_file_feature_reader,
@@ -61,13 +60,10 @@ def plan_scenes(run: Run, lake: Lakehouse) -> dict[str, dict[str, Any]]:
     """Scenes that need features; refuses scenes whose features used other settings."""
     feats = run.config.features
     digest = feats.digest()
-    done = {
-        r.scene_id: r.features_digest
-        for r in lake.read("tile_features")
-        .select("scene_id", "features_digest")
-        .distinct()
-        .collect()
-    }
+    done: dict[str, str] = {}
+    if lake.exists("tile_features"):
+        rows = lake.read("tile_features").select("scene_id", "features_digest").distinct()
+        done = {r.scene_id: r.features_digest for r in rows.collect()}
     stale = sorted(s for s, d in done.items() if d != digest)
     if stale and not feats.rebuild:
         raise ConfigError(
@@ -200,18 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    spark = build_session(config)
-    lake = Lakehouse(spark, config.storage)
-    run = Run(config, job=JOB, source=lake.path("tiles"))
-    status = "failed"
-    try:
-        features(spark, lake, run)
-        status = "succeeded"
-    except PipelineError as e:
-        print(f"features failed: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
-    finally:
-        record_run(spark, lake, run, status)
+    code, run, lake = run_job(JOB, config, features, lambda lake: lake.path("tiles"))
+    if code:
+        return code
     print(
         f"features run {run.run_id}: {len(run.ingested)} scene(s) processed, "
         f"{len(run.skipped)} already done, {run.tiles_written} tile rows written, "

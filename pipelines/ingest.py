@@ -26,9 +26,8 @@ from pipelines.config import Config, load_config
 from pipelines.datamodel import SCENES, TABLES, TILES
 from pipelines.discover import discover
 from pipelines.lakehouse import Lakehouse
-from pipelines.runs import ListParam, Run, phase, record_run
-from pipelines.session import build_session
-from udfs.errors import ConfigError, PipelineError, SceneError
+from pipelines.runs import ListParam, Run, phase, run_job
+from udfs.errors import ConfigError, SceneError
 from udfs.ingest_udfs import (
     FILE_SCHEMA,
     INSPECT_SCHEMA,
@@ -359,18 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    spark = build_session(config)
-    lake = Lakehouse(spark, config.storage)
-    run = Run(config)
-    status = "failed"
-    try:
-        ingest(spark, lake, run)
-        status = "succeeded"
-    except PipelineError as e:
-        print(f"ingest failed: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
-    finally:
-        record_run(spark, lake, run, status)
+    code, run, lake = run_job(JOB, config, ingest)
+    if code:
+        return code
     print(summary(run, lake))
     return 0
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pipelines.config import Config
 from pipelines.datamodel import REJECTED, RUNS
 from pipelines.lakehouse import Lakehouse
-from udfs.errors import SceneError
+from udfs.errors import ConfigError, PipelineError, SceneError
 from udfs.reader import scene_error_row
 
 log = logging.getLogger("eo")
@@ -93,3 +94,31 @@ def record_run(spark: SparkSession, lake: Lakehouse, run: Run, status: str) -> N
     if run.rejected:
         lake.append("rejected", rejected_frame(spark, run))
     lake.append("runs", runs_frame(spark, run, status))
+
+
+def run_job(
+    job: str,
+    config: Config,
+    work: Callable[[SparkSession, Lakehouse, Run], Any],
+    source: Callable[[Lakehouse], str] | None = None,
+) -> tuple[int, Run, Lakehouse]:
+    """Start Spark, run ``work`` and record the run whatever happens.
+
+    Returns the exit code (0 ok, 1 bad input in strict mode or a failed run, 2 a refused
+    configuration), the run and the lakehouse. Programming errors are not caught.
+    """
+    from pipelines.session import build_session
+
+    spark = build_session(config)
+    lake = Lakehouse(spark, config.storage)
+    run = Run(config, job=job, source=source(lake) if source else "")
+    status, code = "failed", 1
+    try:
+        work(spark, lake, run)
+        status, code = "succeeded", 0
+    except PipelineError as e:
+        print(f"{job} failed: {e}", file=sys.stderr)
+        code = 2 if isinstance(e, ConfigError) else 1
+    finally:
+        record_run(spark, lake, run, status)
+    return code, run, lake

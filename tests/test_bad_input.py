@@ -11,8 +11,9 @@ import rasterio
 from pyspark.sql import functions as F
 
 from pipelines.config import load_config
-from pipelines.ingest import Run, ingest, main, record_run
+from pipelines.ingest import ingest, main
 from pipelines.lakehouse import Lakehouse
+from pipelines.runs import Run, record_run
 from udfs.errors import SceneError
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,9 @@ from rasterio.enums import Resampling
 from rasterio.windows import from_bounds
 
 from pipelines.config import load_config
-from pipelines.ingest import Run, ingest
+from pipelines.ingest import ingest
 from pipelines.lakehouse import Lakehouse
+from pipelines.runs import Run
 
 pytestmark = pytest.mark.slow
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from udfs.errors import PipelineError
 from udfs.masks import UnknownSensorError
-from udfs.sensors import SENSORS
+from udfs.sensors import BAND_COLUMNS, SENSORS
 
 #: Value of an index where it is undefined.
 INDEX_NODATA = np.float32(np.nan)
@@ -57,21 +57,7 @@ FORMULA_FUNCTIONS: Mapping[str, Callable[..., Any]] = MappingProxyType(
 )
 
 #: Index band names a formula may use (the reflectance columns of ``tiles``).
-INDEX_BAND_NAMES: tuple[str, ...] = (
-    "coastal",
-    "blue",
-    "green",
-    "red",
-    "rededge1",
-    "rededge2",
-    "rededge3",
-    "nir",
-    "nir08",
-    "nir09",
-    "cirrus",
-    "swir16",
-    "swir22",
-)
+INDEX_BAND_NAMES: tuple[str, ...] = tuple(c for c in BAND_COLUMNS if c != "qa")
 
 #: Per sensor, index band names that read a differently named column.
 _COLUMN_OVERRIDES: Mapping[str, Mapping[str, str]] = {
