@@ -119,12 +119,12 @@ class Lakehouse:
         table = TABLES[name]
         if self.format == "delta":
             import deltalake
-            from deltalake.transaction import AddAction
+            from deltalake.transaction import AddAction, RemoveAction
 
             if not files:
                 return
             dt = deltalake.DeltaTable(self.local_path(name))
-            actions = [
+            actions: list[AddAction | RemoveAction] = [
                 AddAction(
                     f["path"],
                     f["size"],

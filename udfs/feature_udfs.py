@@ -7,7 +7,7 @@ takes tile rows from a Spark DataFrame. Bad tiles are reported as ``rejected`` r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -81,10 +81,10 @@ def make_file_feature_reader(
     extra: Mapping[str, Any],
     schema: pa.Schema,
     report_error: Callable[[list[dict[str, Any]]], None],
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """mapInArrow function: rows of ``path`` (a tiles Parquet file) -> ``tile_features``."""
 
-    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for path in batch.column("path").to_pylist():
                 pf = pq.ParquetFile(path)
@@ -106,10 +106,10 @@ def make_row_feature_reader(
     extra: Mapping[str, Any],
     schema: pa.Schema,
     report_error: Callable[[list[dict[str, Any]]], None],
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """mapInArrow function: ``tiles`` rows -> ``tile_features`` rows."""
 
-    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             rows = feature_rows(
                 batch.to_pylist(), scenes, indices, max_cloud_fraction, extra, report_error
@@ -124,11 +124,11 @@ def make_pixel_reader(
     scenes: Mapping[str, Mapping[str, Any]],
     indices: Sequence[str],
     schema: pa.Schema,
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """mapInArrow function: ``tiles`` rows -> one row per valid pixel (see pixel view)."""
     names = [f.name for f in schema]
 
-    def explode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def explode(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for row in batch.to_pylist():
                 scene = scenes.get(row["scene_id"])

@@ -8,7 +8,7 @@ failing the task, so one bad scene never stops the others.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from typing import Any
@@ -28,11 +28,11 @@ from udfs.tiling import ReadBlock, encode_array, encode_mask
 INSPECT_SCHEMA = "scene_id string, info string, error string"
 
 
-def inspect_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+def inspect_batches(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """mapInPandas: ``source`` (SceneSource JSON) -> scene record JSON or error JSON."""
     with rasterio.Env(**GDAL_ENV):
         for pdf in batches:
-            out = []
+            out: list[tuple[str, str | None, str | None]] = []
             for text in pdf["source"]:
                 src = SceneSource.from_json(text)
                 try:
@@ -102,7 +102,7 @@ def make_tile_reader(
     overlap: int,
     resampling: str,
     report_error: Callable[[list[dict[str, Any]]], None],
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """Build the mapInArrow function: block rows in, tile rows out.
 
     Parameters
@@ -114,7 +114,7 @@ def make_tile_reader(
         ``add`` on the driver side), so the driver can reject the whole scene.
     """
 
-    def read_tiles(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def read_tiles(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         with rasterio.Env(**GDAL_ENV):
             for batch in batches:
                 for rec in batch.to_pylist():
@@ -170,7 +170,7 @@ def make_tile_file_writer(
     resampling: str,
     zstd_level: int,
     report_error: Callable[[list[dict[str, Any]]], None],
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """Build the mapInArrow function that writes each block's tiles as one Parquet file.
 
     Pixels never cross into the JVM: the Python worker writes the file (ZSTD at
@@ -184,7 +184,7 @@ def make_tile_file_writer(
 
     data_schema = pa.schema([f for f in schema if f.name not in partition_by])
 
-    def write_files(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def write_files(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         out = []
         datasets: dict[str, Any] = {}  # files stay open across the task's blocks
         with rasterio.Env(**GDAL_ENV), _closing(datasets):
