@@ -10,7 +10,8 @@ plugs in with ``--model``; without one, the job builds the demo CNN (random weig
 the classes it prints are a smoke test, not land cover).
 
 Flow of :func:`main`: load config -> start Spark -> (build the demo CNN) -> chips of the
-chosen scenes -> predictions -> counts per class printed.
+chosen scenes -> predictions -> counts per class printed; the run is recorded in
+``runs`` (``inputs_seen`` = chips classified).
 
 Run with ``python -m pipelines.deep [--root DIR] [--model M.onnx] [--scenes ID,ID]``.
 """
@@ -42,7 +43,7 @@ from pyspark.sql.types import (
 from pipelines.config import load_config
 from pipelines.features import scene_table
 from pipelines.lakehouse import Lakehouse
-from pipelines.session import build_session
+from pipelines.runs import Run, run_job
 from udfs.deep import (
     CHIP_SIZE,
     DEFAULT_BANDS,
@@ -174,20 +175,26 @@ def main(argv: list[str] | None = None) -> int:
     elif not os.path.exists(model):
         print(f"model not found: {model}", file=sys.stderr)
         return 2
-    spark = build_session(config)
-    lake = Lakehouse(spark, config.storage)
-    scene_ids = args.scenes.split(",") if args.scenes else None
     spec = spec_from_session(open_session(model))
-    chips = chip_frame(spark, lake, scene_ids, bands=spec.bands, chip=spec.chip)
-    counts = (
-        classify_chips(chips, model, args.batch_size)
-        .groupBy("chip_class")
-        .agg(F.count("*").alias("chips"), F.avg("chip_confidence").alias("mean_confidence"))
-        .orderBy("chip_class")
-        .collect()
-    )
-    total = sum(r.chips for r in counts)
-    print(f"chip classes ({total} chips of {spec.chip} px, model {model}):")
+    scene_ids = args.scenes.split(",") if args.scenes else None
+    counts: list[Any] = []
+
+    def work(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
+        chips = chip_frame(spark, lake, scene_ids, bands=spec.bands, chip=spec.chip)
+        counts.extend(
+            classify_chips(chips, model, args.batch_size)
+            .groupBy("chip_class")
+            .agg(F.count("*").alias("chips"), F.avg("chip_confidence").alias("mean_confidence"))
+            .orderBy("chip_class")
+            .collect()
+        )
+        run.seen = sum(r.chips for r in counts)
+        return run
+
+    code, run, _ = run_job(JOB, config, work, lambda lake: lake.path("tiles"))
+    if code:
+        return code
+    print(f"deep run {run.run_id}: {run.seen} chips of {spec.chip} px classified by {model}")
     for r in counts:
         print(f"  {r.chip_class:<12} {r.chips:>7}  mean confidence {r.mean_confidence:.3f}")
     return 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,7 +132,7 @@ def make_chip_reader(
     schema: pa.Schema,
     chip: int = CHIP_SIZE,
     pad: bool = False,
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """mapInArrow function: ``tiles`` rows -> one row per chip (see ``pipelines.deep``).
 
     ``scenes`` is ``pipelines.features.scene_table``'s scene_id -> sensor, scaling. Tiles
@@ -144,7 +144,7 @@ def make_chip_reader(
         for sid, s in scenes.items()
     }
 
-    def cut(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def cut(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for row in batch.to_pylist():
                 scene = scenes.get(row["scene_id"])
@@ -336,8 +336,8 @@ def chip_cnn_model(
         "dense.w": (rng.standard_normal((w2, k)) * math.sqrt(1.0 / w2)).astype(np.float32),
         "dense.b": np.zeros(k, np.float32),
     }
-    conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
-    pool = {"kernel_shape": [2, 2], "strides": [2, 2]}
+    conv: dict[str, Any] = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    pool: dict[str, Any] = {"kernel_shape": [2, 2], "strides": [2, 2]}
     nodes = [
         helper.make_node("Sub", [INPUT_NAME, "mean"], ["centred"]),
         helper.make_node("Div", ["centred", "std"], ["normalised"]),
