@@ -1,0 +1,370 @@
+"""Model bundles: a trained classifier in a folder, its metadata, and the predict kernel.
+
+A bundle is a folder::
+
+    metadata.json   model_id, trainer, format, feature names (in order), band scaling
+                    convention, classes (code + name), sensors, training run, metrics, ...
+    model.onnx      (format "onnx": a scikit-learn model converted with skl2onnx,
+                    zipmap disabled: outputs ``label`` int64 and ``probabilities`` float32)
+    spark_model/    (format "spark": a saved Spark MLlib model, loaded by the driver)
+
+:func:`load_bundle` validates the folder, :func:`check_compatible` the data a bundle is
+applied to, and :func:`predict_pixels` classifies a float32 feature matrix with
+onnxruntime (one inference session per process and model file). No pyspark here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from udfs.errors import PipelineError
+
+METADATA = "metadata.json"
+MODEL_FILES = {"onnx": "model.onnx", "spark": "spark_model"}
+REQUIRED_KEYS = (
+    "model_id",
+    "trainer",
+    "format",
+    "model_file",
+    "feature_names",
+    "scaling",
+    "classes",
+    "model_classes",
+    "sensors",
+    "training_run_id",
+    "metrics",
+    "created",
+)
+#: Rows predicted per onnxruntime call: bounds the probability matrix held at once.
+PREDICT_CHUNK = 65536
+
+
+class ModelError(PipelineError, ValueError):
+    """A model bundle is missing, incomplete, or does not fit the data it is applied to."""
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A loaded (validated) bundle: its folder and metadata.
+
+    Attributes
+    ----------
+    path : Path
+        The bundle folder.
+    metadata : dict
+        Parsed ``metadata.json``.
+    """
+
+    path: Path
+    metadata: dict[str, Any]
+
+    @property
+    def model_id(self) -> str:
+        return str(self.metadata["model_id"])
+
+    @property
+    def format(self) -> str:
+        return str(self.metadata["format"])
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / str(self.metadata["model_file"])
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.metadata["feature_names"])
+
+    @property
+    def sensors(self) -> list[str]:
+        return list(self.metadata["sensors"])
+
+    @property
+    def model_classes(self) -> NDArray[np.int32]:
+        """Class codes in the order of the model's probability columns."""
+        return np.asarray(self.metadata["model_classes"], dtype=np.int32)
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        return {int(c["code"]): str(c["name"]) for c in self.metadata["classes"]}
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def classification_metrics(
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
+    classes: Mapping[int, str],
+    sample_weight: ArrayLike | None = None,
+) -> dict[str, Any]:
+    """Overall accuracy, per-class precision / recall / F1 / support, confusion matrix.
+
+    Parameters
+    ----------
+    y_true, y_pred : array of int
+        Class codes (reference, predicted).
+    classes : mapping of int to str
+        Code -> name of every class; rows and columns of the confusion matrix follow the
+        sorted codes.
+    sample_weight : array, optional
+        Row weights (counts when rows are aggregated ``(true, pred)`` pairs).
+
+    Returns
+    -------
+    dict
+        ``overall_accuracy``, ``n`` (pixels), ``per_class`` (name -> precision, recall,
+        f1, support), ``macro_f1``, ``labels`` (codes), ``label_names``,
+        ``confusion_matrix`` (rows = reference, columns = predicted; pixel counts).
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    codes = sorted(int(c) for c in classes)
+    yt = np.asarray(y_true, dtype=np.int64)
+    yp = np.asarray(y_pred, dtype=np.int64)
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    n = float(len(yt) if w is None else w.sum())
+    if n == 0:
+        raise ModelError("no held-out pixels to evaluate the model on")
+    correct = (yt == yp) if w is None else (yt == yp) * w
+    p, r, f, s = precision_recall_fscore_support(
+        yt, yp, labels=codes, sample_weight=w, zero_division=0
+    )
+    cm = confusion_matrix(yt, yp, labels=codes, sample_weight=w)
+    return {
+        "overall_accuracy": float(np.sum(correct) / n),
+        "n": int(round(n)),
+        "macro_f1": float(np.mean(f)),
+        "per_class": {
+            classes[c]: {
+                "code": c,
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(round(float(s[i]))),
+            }
+            for i, c in enumerate(codes)
+        },
+        "labels": codes,
+        "label_names": [classes[c] for c in codes],
+        "confusion_matrix": np.rint(cm).astype(np.int64).tolist(),
+    }
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_metadata(path: Path, metadata: Mapping[str, Any]) -> Path:
+    """Write ``metadata.json`` after checking that every required key is present."""
+    missing = [k for k in REQUIRED_KEYS if k not in metadata]
+    if missing:
+        raise ModelError(f"bundle metadata lacks {', '.join(missing)}")
+    path.mkdir(parents=True, exist_ok=True)
+    out = path / METADATA
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+def sklearn_to_onnx(estimator: Any, n_features: int) -> bytes:
+    """Serialized ONNX model of a fitted scikit-learn classifier (float32 input ``X``).
+
+    ``zipmap`` is disabled so the outputs are plain tensors: ``label`` (int64) and
+    ``probabilities`` (float32, columns in ``estimator.classes_`` order).
+    """
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    try:
+        onx = to_onnx(
+            estimator,
+            initial_types=[("X", FloatTensorType([None, int(n_features)]))],
+            options={id(estimator): {"zipmap": False}},
+        )
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
+        raise ModelError(
+            f"cannot convert {type(estimator).__name__} to ONNX with skl2onnx: {e}"
+        ) from e
+    return onx.SerializeToString()
+
+
+def write_onnx_bundle(path: str | Path, estimator: Any, metadata: Mapping[str, Any]) -> ModelBundle:
+    """Write a scikit-learn classifier as ``model.onnx`` + ``metadata.json`` in ``path``.
+
+    ``metadata`` must hold every :data:`REQUIRED_KEYS` entry except ``format``,
+    ``model_file`` and ``model_classes``, which are filled in here.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    names = list(metadata["feature_names"])
+    blob = sklearn_to_onnx(estimator, len(names))
+    tmp = path / (MODEL_FILES["onnx"] + ".tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, path / MODEL_FILES["onnx"])
+    meta = {
+        **metadata,
+        "format": "onnx",
+        "model_file": MODEL_FILES["onnx"],
+        "model_classes": [int(c) for c in estimator.classes_],
+    }
+    write_metadata(path, meta)
+    return load_bundle(path)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_bundle(path: str | Path) -> ModelBundle:
+    """Open and validate a bundle folder.
+
+    Raises :class:`ModelError` naming the folder and what is wrong: the folder or
+    ``metadata.json`` is missing or unreadable, a required key is absent, or the model
+    file the metadata names does not exist.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"model bundle {path}: folder does not exist")
+    meta_path = path / METADATA
+    if not meta_path.is_file():
+        raise ModelError(f"model bundle {path}: {METADATA} is missing")
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"model bundle {path}: {METADATA} is not readable JSON: {e}") from e
+    if not isinstance(metadata, dict):
+        raise ModelError(f"model bundle {path}: {METADATA} must hold a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in metadata]
+    if missing:
+        raise ModelError(f"model bundle {path}: {METADATA} lacks {', '.join(missing)}")
+    fmt = metadata["format"]
+    if fmt not in MODEL_FILES:
+        raise ModelError(
+            f"model bundle {path}: unknown format {fmt!r} (known: {', '.join(MODEL_FILES)})"
+        )
+    model = path / str(metadata["model_file"])
+    if not model.exists():
+        raise ModelError(
+            f"model bundle {path}: model file {metadata['model_file']} is missing "
+            f"(format {fmt}, trainer {metadata['trainer']})"
+        )
+    if not metadata["feature_names"]:
+        raise ModelError(f"model bundle {path}: feature_names is empty")
+    return ModelBundle(path, metadata)
+
+
+def check_compatible(
+    bundle: ModelBundle, feature_columns: Sequence[str], sensors: Sequence[str]
+) -> None:
+    """Raise :class:`ModelError` unless the data fits the model.
+
+    The data must offer exactly the bundle's features in the bundle's order, and come
+    from sensors the model was trained on. The message says what differs: missing and
+    unexpected features, a different order, unknown sensors.
+    """
+    want = bundle.feature_names
+    got = list(feature_columns)
+    problems = []
+    if got != want:
+        missing = [f for f in want if f not in got]
+        extra = [f for f in got if f not in want]
+        if missing:
+            problems.append(f"missing feature(s) {', '.join(missing)}")
+        if extra:
+            problems.append(f"unexpected feature(s) {', '.join(extra)}")
+        if not missing and not extra:
+            problems.append(f"features in another order: expected {want}, got {got}")
+    unknown = sorted(set(sensors) - set(bundle.sensors))
+    if unknown:
+        problems.append(
+            f"sensor(s) {', '.join(unknown)} not trained on (model sensors: "
+            f"{', '.join(bundle.sensors)})"
+        )
+    if problems:
+        raise ModelError(f"model {bundle.model_id} ({bundle.path}): " + "; ".join(problems))
+
+
+# ----------------------------------------------------------------------------- predicting
+
+
+@functools.lru_cache(maxsize=8)
+def _session(path: str, mtime_ns: int, size: int) -> Any:
+    """One onnxruntime session per model file (and version of it) per process."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    # Executors already run one task per core: one thread per session avoids oversubscribing.
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own (non-exported) exception types
+        raise ModelError(f"model file {path} cannot be loaded by onnxruntime: {e}") from e
+
+
+def onnx_session(bundle: ModelBundle) -> Any:
+    """The cached onnxruntime session of an ONNX bundle."""
+    if bundle.format != "onnx":
+        raise ModelError(
+            f"model {bundle.model_id}: predict_pixels needs an ONNX bundle, this one is "
+            f"{bundle.format!r} (trainer {bundle.metadata['trainer']}); apply it with Spark"
+        )
+    st = bundle.model_path.stat()
+    return _session(str(bundle.model_path), st.st_mtime_ns, st.st_size)
+
+
+def predict_pixels(
+    bundle: ModelBundle, X: ArrayLike
+) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+    """Classify pixels with an ONNX bundle.
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+        A loaded bundle of format ``onnx``.
+    X : array, shape (n, f), float32
+        One row per pixel, columns in ``bundle.feature_names`` order (surface reflectance
+        and indices, unitless).
+
+    Returns
+    -------
+    classes : ndarray, shape (n,), int32
+        Class code of the most probable class (ties: the lowest code, as scikit-learn's
+        ``predict``); ``0`` where a row holds a non-finite value.
+    confidence : ndarray, shape (n,), float32
+        Probability of that class; ``0`` where the class is ``0``.
+    """
+    x = np.asarray(X, dtype=np.float32)
+    n_features = len(bundle.feature_names)
+    if x.ndim != 2 or x.shape[1] != n_features:
+        raise ModelError(
+            f"model {bundle.model_id}: expected a (n, {n_features}) feature matrix "
+            f"({', '.join(bundle.feature_names)}), got shape {x.shape}"
+        )
+    n = x.shape[0]
+    classes = np.zeros(n, dtype=np.int32)
+    confidence = np.zeros(n, dtype=np.float32)
+    ok = np.isfinite(x).all(axis=1)
+    if not ok.any():
+        return classes, confidence
+    sess = onnx_session(bundle)
+    input_name = sess.get_inputs()[0].name
+    codes = bundle.model_classes
+    rows = np.flatnonzero(ok)
+    for start in range(0, len(rows), PREDICT_CHUNK):
+        idx = rows[start : start + PREDICT_CHUNK]
+        (proba,) = sess.run(["probabilities"], {input_name: np.ascontiguousarray(x[idx])})
+        # argmax (first maximum) rather than the ONNX label output: ties then resolve to
+        # the lowest code, exactly as scikit-learn's predict does.
+        best = np.argmax(proba, axis=1)
+        classes[idx] = codes[best]
+        confidence[idx] = proba[np.arange(len(idx)), best]
+    return classes, confidence
