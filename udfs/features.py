@@ -37,7 +37,11 @@ def decode_tile(row: Mapping[str, Any], sensor_key: str) -> dict[str, np.ndarray
     for band in SENSORS[sensor_key].bands:
         buf = row.get(band.common)
         if buf is None:
-            raise TileDataError(f"band {band.name} (column {band.common}) is missing")
+            size = h * w * np.dtype(dtype).itemsize
+            raise TileDataError(
+                f"band {band.name} (column {band.common}) is missing: null where "
+                f"{size} bytes ({h}x{w} {dtype}) were expected"
+            )
         try:
             out[band.common] = decode_array(buf, dtype, h, w)
         except ValueError as e:
