@@ -31,9 +31,8 @@ from pipelines.runs import ListParam, Run, phase, run_job
 from udfs.errors import ConfigError
 from udfs.feature_udfs import (
     TILE_COLUMNS,
-    make_file_feature_reader,
+    make_feature_reader,
     make_pixel_reader,
-    make_row_feature_reader,
 )
 from udfs.sensors import SENSORS
 
@@ -99,10 +98,10 @@ def features_frame(
         paths = tile_files(lake, list(todo))
         rdd = spark.sparkContext.parallelize([(p,) for p in paths], task_count(spark, len(paths)))
         return spark.createDataFrame(rdd, "path string").mapInArrow(
-            make_file_feature_reader(*args), TILE_FEATURES
+            make_feature_reader(*args, from_files=True), TILE_FEATURES
         )
     tiles = lake.read("tiles").filter(F.col("scene_id").isin(list(todo)))
-    return tiles.select(*TILE_COLUMNS).mapInArrow(make_row_feature_reader(*args), TILE_FEATURES)
+    return tiles.select(*TILE_COLUMNS).mapInArrow(make_feature_reader(*args), TILE_FEATURES)
 
 
 def features(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:

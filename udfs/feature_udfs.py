@@ -1,7 +1,7 @@
 """Thin Arrow wrappers running :mod:`udfs.features` inside executor Python workers.
 
-Two ways in, one kernel: :func:`make_file_feature_reader` reads the ``tiles`` Parquet files
-itself with pyarrow (pixels never pass through the JVM); :func:`make_row_feature_reader`
+Two ways in, one kernel: :func:`make_feature_reader` either reads the ``tiles`` Parquet
+files itself with pyarrow (pixels never pass through the JVM) or
 takes tile rows from a Spark DataFrame. Bad tiles are reported as ``rejected`` records.
 """
 
@@ -74,45 +74,35 @@ def feature_rows(
     return out
 
 
-def make_file_feature_reader(
+def make_feature_reader(
     scenes: Mapping[str, Mapping[str, Any]],
     indices: Sequence[str],
     max_cloud_fraction: float,
     extra: Mapping[str, Any],
     schema: pa.Schema,
     report_error: Callable[[list[dict[str, Any]]], None],
+    from_files: bool = False,
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """mapInArrow function: rows of ``path`` (a tiles Parquet file) -> ``tile_features``."""
+    """mapInArrow function producing ``tile_features`` rows.
 
-    def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    Input batches hold ``tiles`` rows, or with ``from_files`` a ``path`` column of tiles
+    Parquet files that the worker reads itself, one row group at a time.
+    """
+
+    def tile_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch | pa.Table]:
         for batch in batches:
+            if not from_files:
+                yield batch
+                continue
             for path in batch.column("path").to_pylist():
                 pf = pq.ParquetFile(path)
                 for rg in range(pf.num_row_groups):
-                    table = pf.read_row_group(rg, columns=list(TILE_COLUMNS))
-                    rows = feature_rows(
-                        table.to_pylist(), scenes, indices, max_cloud_fraction, extra, report_error
-                    )
-                    if rows:
-                        yield pa.RecordBatch.from_pylist(rows, schema=schema)
-
-    return read
-
-
-def make_row_feature_reader(
-    scenes: Mapping[str, Mapping[str, Any]],
-    indices: Sequence[str],
-    max_cloud_fraction: float,
-    extra: Mapping[str, Any],
-    schema: pa.Schema,
-    report_error: Callable[[list[dict[str, Any]]], None],
-) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """mapInArrow function: ``tiles`` rows -> ``tile_features`` rows."""
+                    yield pf.read_row_group(rg, columns=list(TILE_COLUMNS))
 
     def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
+        for tiles in tile_batches(batches):
             rows = feature_rows(
-                batch.to_pylist(), scenes, indices, max_cloud_fraction, extra, report_error
+                tiles.to_pylist(), scenes, indices, max_cloud_fraction, extra, report_error
             )
             if rows:
                 yield pa.RecordBatch.from_pylist(rows, schema=schema)
