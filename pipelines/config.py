@@ -159,6 +159,55 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Defaults of the training job (``pipelines/train.py``; flags override them)."""
+
+    labels: str = "data/demo/labels.geojson"
+    class_column: str = "class_name"
+    trainer: str = "sklearn"
+    #: Training pixels per class (the held-out set has the same cap by default).
+    max_per_class: int = 5000
+    #: Side of the spatial blocks of the scene grid that go whole to train or test. 512 px
+    #: (5 km of Sentinel-2) keeps correlated neighbours on one side; small scenes need less.
+    block_px: int = 512
+    test_fraction: float = 0.3
+    seed: int = 0
+    trees: int = 64
+    #: Bundles are written to ``<models_dir>/<model_id>``.
+    models_dir: str = "output/models"
+
+    def __post_init__(self) -> None:
+        if self.trainer not in ("sklearn", "mllib"):
+            raise ConfigError(f"train.trainer must be sklearn or mllib, got {self.trainer!r}")
+        for key in ("max_per_class", "block_px", "trees"):
+            _positive(f"train.{key}", getattr(self, key))
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"train.test_fraction must be within 0..1, got {self.test_fraction}")
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """How ``pipelines/classify.py`` finds its model and inputs."""
+
+    #: A bundle folder, or ``latest``: the newest bundle under ``train.models_dir``.
+    model: str = "latest"
+    #: ``auto``: ingest when the ``tiles`` table is missing; ``always``; ``never``.
+    ingest: str = "auto"
+    #: Recompute predictions this model already made (e.g. after a changed bundle).
+    rebuild: bool = False
+    #: Like ``features.reader``: ``arrow`` reads tiles' Parquet files in the workers.
+    reader: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.ingest not in ("auto", "always", "never"):
+            raise ConfigError(f"classify.ingest must be auto, always or never, got {self.ingest!r}")
+        if self.reader not in ("auto", "arrow", "spark"):
+            raise ConfigError(f"classify.reader must be auto, arrow or spark, got {self.reader!r}")
+        if not self.model:
+            raise ConfigError("classify.model must name a bundle folder or be 'latest'")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of a job run."""
 
@@ -166,6 +215,8 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
 
     def digest(self) -> str:
         """Stable digest of the whole configuration (recorded in ``runs``)."""

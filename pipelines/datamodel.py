@@ -4,6 +4,12 @@ Pixel encoding (``tiles`` band columns): raw little-endian, C-order bytes of a
 ``(height, width)`` array of dtype ``tiles.dtype`` (see :mod:`udfs.tiling`); ``valid`` is
 the bit-packed (``np.packbits``) mask of pixels that hold data in every band. Columns that
 a sensor lacks are null (Landsat has no ``rededge1``).
+
+``predictions`` uses the same encoding on the tile's grid: ``classes`` holds class codes
+of dtype ``predictions.dtype`` (uint8, or uint16 for codes above 254) with
+``NODATA_CLASS`` (0) where a pixel was masked (nodata, cloud, shadow, snow, saturated)
+or a feature was not finite; ``confidence`` holds the probability of that class in
+percent as uint8 (0..100) with ``NODATA_CONFIDENCE`` (255) where the class is 0.
 """
 
 from __future__ import annotations
@@ -150,7 +156,7 @@ REJECTED = StructType(
         _f("job", StringType(), False),
         _f("href", StringType()),
         _f("scene_id", StringType()),
-        _f("stage", StringType(), False),  # discover | inspect | read | features
+        _f("stage", StringType(), False),  # discover | inspect | read | features | classify
         _f("error_class", StringType(), False),
         _f("reason", StringType(), False),
         _f("rejected_at", TimestampType(), False),
@@ -175,6 +181,66 @@ RUNS = StructType(
 )
 
 
+NODATA_CLASS = 0
+NODATA_CONFIDENCE = 255
+
+MODEL_KEY_FIELDS = [_f("model_id", StringType(), False), *TILE_KEY_FIELDS]
+
+PREDICTIONS = StructType(
+    [
+        *MODEL_KEY_FIELDS,
+        _f("sensor", StringType(), False),
+        _f("acquired_date", DateType(), False),
+        _f("crs_epsg", IntegerType()),
+        _f("transform", ArrayType(DoubleType())),  # as in tiles
+        _f("bounds", _BOUNDS),
+        _f("row_off", IntegerType(), False),
+        _f("col_off", IntegerType(), False),
+        _f("width", IntegerType(), False),
+        _f("height", IntegerType(), False),
+        _f("dtype", StringType(), False),  # numpy dtype of classes
+        _f("classes", BinaryType(), False),  # class code per pixel, 0 = no class
+        _f("confidence", BinaryType(), False),  # uint8 percent, 255 = no class
+        _f("run_id", StringType(), False),
+    ]
+)
+
+TILE_PREDICTIONS = StructType(
+    [
+        *MODEL_KEY_FIELDS,
+        _f("sensor", StringType(), False),
+        _f("acquired_date", DateType(), False),
+        _f("pixel_count", LongType(), False),
+        _f("classified_count", LongType(), False),  # pixels with a class (not 0)
+        _f("class_counts", MapType(IntegerType(), LongType())),  # every model class, 0s too
+        _f("mean_confidence", DoubleType()),  # mean probability of the chosen class; null if none
+        _f("run_id", StringType(), False),
+    ]
+)
+
+MODELS = StructType(
+    [
+        _f("model_id", StringType(), False),
+        _f("trainer", StringType(), False),
+        _f("format", StringType(), False),
+        _f("path", StringType(), False),  # bundle folder it was applied from
+        _f("model_sha256", StringType(), False),  # of the model file
+        _f("feature_names", ArrayType(StringType()), False),
+        _f(
+            "classes",
+            ArrayType(StructType([_f("code", IntegerType()), _f("name", StringType())])),
+            False,
+        ),
+        _f("sensors", ArrayType(StringType()), False),
+        _f("training_run_id", StringType()),
+        _f("overall_accuracy", DoubleType()),  # on the held-out blocks, from the bundle
+        _f("metrics_json", StringType()),
+        _f("created", StringType()),
+        _f("registered_at", TimestampType(), False),
+    ]
+)
+
+
 @dataclass(frozen=True)
 class Table:
     """A table of the lakehouse: name, schema, merge key and partition columns."""
@@ -191,6 +257,16 @@ TABLES = {
         Table("scenes", SCENES, ("scene_id",)),
         Table("tiles", TILES, ("scene_id", "tile_row", "tile_col"), ("sensor", "acq_month")),
         Table("tile_features", TILE_FEATURES, ("scene_id", "tile_row", "tile_col")),
+        Table("models", MODELS, ("model_id",)),
+        Table(
+            "predictions",
+            PREDICTIONS,
+            ("model_id", "scene_id", "tile_row", "tile_col"),
+            ("model_id",),
+        ),
+        Table(
+            "tile_predictions", TILE_PREDICTIONS, ("model_id", "scene_id", "tile_row", "tile_col")
+        ),
         Table("rejected", REJECTED, ("run_id", "href", "scene_id", "stage")),
         Table("runs", RUNS, ("run_id",)),
     )

@@ -75,8 +75,8 @@ def plan_scenes(run: Run, lake: Lakehouse) -> dict[str, dict[str, Any]]:
     return {s: v for s, v in scenes.items() if done.get(s) != digest}
 
 
-def use_file_reader(config: Config, lake: Lakehouse) -> bool:
-    reader = config.features.reader
+def use_file_reader(reader: str, lake: Lakehouse) -> bool:
+    """Whether workers read the tiles' Parquet files themselves (``arrow``; ``auto``: local)."""
     return reader == "arrow" or (reader == "auto" and lake.local)
 
 
@@ -84,6 +84,23 @@ def tile_files(lake: Lakehouse, scene_ids: list[str]) -> list[str]:
     """Local paths of the ``tiles`` files of the current table version holding these scenes."""
     files = lake.read("tiles").filter(F.col("scene_id").isin(scene_ids)).inputFiles()
     return sorted(f.removeprefix("file://").removeprefix("file:") for f in files)
+
+
+def tile_input(
+    spark: SparkSession, lake: Lakehouse, reader: str, scene_ids: list[str], columns: Any
+) -> tuple[DataFrame, bool]:
+    """What the executors read the tiles of ``scene_ids`` from.
+
+    Either one row per ``tiles`` Parquet file (``path``; the workers read the files,
+    filtering on ``scene_id`` themselves) and ``True``, or the tile rows (``columns``)
+    through Spark and ``False``. See ``features.reader``.
+    """
+    if use_file_reader(reader, lake):
+        paths = tile_files(lake, scene_ids)
+        rdd = spark.sparkContext.parallelize([(p,) for p in paths], task_count(spark, len(paths)))
+        return spark.createDataFrame(rdd, "path string"), True
+    tiles = lake.read("tiles").filter(F.col("scene_id").isin(scene_ids))
+    return tiles.select(*columns), False
 
 
 def features_frame(
@@ -94,14 +111,8 @@ def features_frame(
     schema = to_arrow_schema(TILE_FEATURES)
     extra = {"features_digest": feats.digest(), "run_id": run.run_id}
     args = (todo, list(feats.indices), feats.max_cloud_fraction, extra, schema, errors.add)
-    if use_file_reader(run.config, lake):
-        paths = tile_files(lake, list(todo))
-        rdd = spark.sparkContext.parallelize([(p,) for p in paths], task_count(spark, len(paths)))
-        return spark.createDataFrame(rdd, "path string").mapInArrow(
-            make_feature_reader(*args, from_files=True), TILE_FEATURES
-        )
-    tiles = lake.read("tiles").filter(F.col("scene_id").isin(list(todo)))
-    return tiles.select(*TILE_COLUMNS).mapInArrow(make_feature_reader(*args), TILE_FEATURES)
+    source, from_files = tile_input(spark, lake, feats.reader, list(todo), TILE_COLUMNS)
+    return source.mapInArrow(make_feature_reader(*args, from_files=from_files), TILE_FEATURES)
 
 
 def features(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:

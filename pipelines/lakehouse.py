@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import StorageConfig
@@ -144,9 +144,13 @@ class Lakehouse:
 
     def delete(self, name: str, column: str, values: list[str]) -> None:
         """Delete the rows whose ``column`` is in ``values`` (Delta only; Parquet rewrites)."""
-        if not values or not self.exists(name):
+        if values:
+            self.delete_where(name, F.col(column).isin(values))
+
+    def delete_where(self, name: str, cond: Column) -> None:
+        """Delete the rows matching ``cond`` (Delta: a DELETE; Parquet: a rewrite)."""
+        if not self.exists(name):
             return
-        cond = F.col(column).isin(values)
         if self.format == "delta":
             from delta.tables import DeltaTable
 

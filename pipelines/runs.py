@@ -19,6 +19,7 @@ from pipelines.config import Config
 from pipelines.datamodel import REJECTED, RUNS
 from pipelines.lakehouse import Lakehouse
 from udfs.errors import ConfigError, PipelineError, SceneError
+from udfs.models import ModelError
 from udfs.reader import scene_error_row
 
 log = logging.getLogger("eo")
@@ -96,29 +97,42 @@ def record_run(spark: SparkSession, lake: Lakehouse, run: Run, status: str) -> N
     lake.append("runs", runs_frame(spark, run, status))
 
 
-def run_job(
+def run_stage(
+    spark: SparkSession,
+    lake: Lakehouse,
     job: str,
     config: Config,
     work: Callable[[SparkSession, Lakehouse, Run], Any],
-    source: Callable[[Lakehouse], str] | None = None,
-) -> tuple[int, Run, Lakehouse]:
-    """Start Spark, run ``work`` and record the run whatever happens.
+    source: str = "",
+) -> tuple[int, Run]:
+    """Run ``work`` as job ``job`` and record the run whatever happens.
 
     Returns the exit code (0 ok, 1 bad input in strict mode or a failed run, 2 a refused
-    configuration), the run and the lakehouse. Programming errors are not caught.
+    configuration or model) and the run. Programming errors are not caught.
     """
-    from pipelines.session import build_session
-
-    spark = build_session(config)
-    lake = Lakehouse(spark, config.storage)
-    run = Run(config, job=job, source=source(lake) if source else "")
+    run = Run(config, job=job, source=source)
     status, code = "failed", 1
     try:
         work(spark, lake, run)
         status, code = "succeeded", 0
     except PipelineError as e:
         print(f"{job} failed: {e}", file=sys.stderr)
-        code = 2 if isinstance(e, ConfigError) else 1
+        code = 2 if isinstance(e, (ConfigError, ModelError)) else 1
     finally:
         record_run(spark, lake, run, status)
+    return code, run
+
+
+def run_job(
+    job: str,
+    config: Config,
+    work: Callable[[SparkSession, Lakehouse, Run], Any],
+    source: Callable[[Lakehouse], str] | None = None,
+) -> tuple[int, Run, Lakehouse]:
+    """Start Spark, then :func:`run_stage`; returns the exit code, the run and the lakehouse."""
+    from pipelines.session import build_session
+
+    spark = build_session(config)
+    lake = Lakehouse(spark, config.storage)
+    code, run = run_stage(spark, lake, job, config, work, source(lake) if source else "")
     return code, run, lake

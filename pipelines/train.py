@@ -649,7 +649,7 @@ def train_model(
         model_id = (
             f"landcover-{trainer}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{run.run_id[:6]}"
         )
-        out = Path(model_out) if model_out else Path("output/models") / model_id
+        out = Path(model_out) if model_out else Path(config.train.models_dir) / model_id
         meta: dict[str, Any] = {
             "model_id": model_id,
             "trainer": trainer,
@@ -758,7 +758,7 @@ def train(
         defaults to it), ``block_px`` (512: side of the spatial blocks of the scene grid),
         ``test_fraction`` (0.3 of the blocks are held out), ``seed``, ``n_trees``,
         ``scene_ids`` / ``sensors`` (restrict the scenes), ``model_out`` (default
-        ``output/models/<model_id>``), ``run`` (the :class:`Run` to record into).
+        ``<train.models_dir>/<model_id>``), ``run`` (the :class:`Run` to record into).
     """
     return train_model(spark, lake, config, labels_path, **options).bundle_path
 
@@ -770,18 +770,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="train", description=__doc__.split("\n")[0])
     p.add_argument("--profile", default="local", help="conf/<profile>.yaml or a YAML path")
     p.add_argument("--root", help="table root folder (storage.root)")
-    p.add_argument("--labels", default="data/demo/labels.geojson", help="GeoJSON / GeoParquet")
-    p.add_argument("--class-column", default="class_name", help="property holding the class")
-    p.add_argument("--trainer", choices=TRAINERS, default="sklearn")
-    p.add_argument("--max-per-class", type=int, default=5000, help="training pixels per class")
+    # Defaults come from the profile's train section (conf/<profile>.yaml).
+    p.add_argument("--labels", help="GeoJSON / GeoParquet polygons (train.labels)")
+    p.add_argument("--class-column", help="property holding the class (train.class_column)")
+    p.add_argument("--trainer", choices=TRAINERS, help="train.trainer")
+    p.add_argument("--max-per-class", type=int, help="training pixels per class")
     p.add_argument("--max-test-per-class", type=int, help="held-out pixels per class")
-    p.add_argument("--block-px", type=int, default=512, help="spatial block side (pixels)")
-    p.add_argument("--test-fraction", type=float, default=0.3, help="share of held-out blocks")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--trees", type=int, default=N_TREES, help="trees per forest")
+    p.add_argument("--block-px", type=int, help="spatial block side in pixels (train.block_px)")
+    p.add_argument("--test-fraction", type=float, help="share of held-out blocks")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--trees", type=int, help="trees per forest (train.trees)")
     p.add_argument("--scenes", help="comma-separated scene ids to train on (default: all)")
     p.add_argument("--sensors", help="comma-separated sensors to train on (default: all)")
-    p.add_argument("--model-out", help="bundle folder (default output/models/<model_id>)")
+    p.add_argument("--model-out", help="bundle folder (default <train.models_dir>/<model_id>)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return p.parse_args(argv)
 
@@ -789,30 +790,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
+    flags = (
+        "labels", "class_column", "trainer", "max_per_class", "block_px", "test_fraction",
+        "seed", "trees",
+    )  # fmt: skip
     try:
         overrides = [f"storage.root={args.root}"] if args.root else []
+        overrides += [
+            f"train.{flag}={getattr(args, flag)}"
+            for flag in flags
+            if getattr(args, flag) is not None
+        ]
         config = load_config(args.profile, [*overrides, *args.set])
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    t = config.train
     spark = build_session(config)
     lake = Lakehouse(spark, config.storage)
-    run = Run(config, job=JOB, source=str(args.labels))
+    run = Run(config, job=JOB, source=t.labels)
     status = "failed"
     try:
         result = train_model(
             spark,
             lake,
             config,
-            args.labels,
-            class_column=args.class_column,
-            trainer=args.trainer,
-            max_per_class=args.max_per_class,
+            t.labels,
+            class_column=t.class_column,
+            trainer=t.trainer,
+            max_per_class=t.max_per_class,
             max_test_per_class=args.max_test_per_class,
-            block_px=args.block_px,
-            test_fraction=args.test_fraction,
-            seed=args.seed,
-            n_trees=args.trees,
+            block_px=t.block_px,
+            test_fraction=t.test_fraction,
+            seed=t.seed,
+            n_trees=t.trees,
             scene_ids=args.scenes.split(",") if args.scenes else None,
             sensors=args.sensors.split(",") if args.sensors else None,
             model_out=args.model_out,
@@ -826,7 +837,7 @@ def main(argv: list[str] | None = None) -> int:
         record_run(spark, lake, run, status)
     m = result.metadata["metrics"]
     print(
-        f"train run {run.run_id}: model {result.metadata['model_id']} ({args.trainer}) on "
+        f"train run {run.run_id}: model {result.metadata['model_id']} ({t.trainer}) on "
         f"{len(result.scene_ids)} scene(s); held-out overall accuracy "
         f"{m['overall_accuracy']:.3f} on {m['n']} pixels -> {result.bundle_path}"
     )

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+from model_factory import tiny_metadata, tiny_model
 from pyspark.sql import functions as F
 from rasterio.features import rasterize
 from rasterio.warp import transform_geom
@@ -54,29 +55,6 @@ CLASSES = {1: "water", 2: "forest", 3: "cropland", 4: "grassland", 5: "urban", 6
 
 
 # ----------------------------------------------------------------------------- bundles (no Spark)
-
-
-def tiny_model(n_features: int = 3, seed: int = 0):
-    from sklearn.ensemble import RandomForestClassifier
-
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(600, n_features)).astype(np.float32)
-    y = np.where(X[:, 0] > 0.3, 2, np.where(X[:, 1] > 0, 5, 7))
-    return RandomForestClassifier(n_estimators=16, random_state=0).fit(X, y), X, y
-
-
-def tiny_metadata(names: list[str]) -> dict:
-    return {
-        "model_id": "m1",
-        "trainer": "sklearn",
-        "feature_names": names,
-        "scaling": {"formula": "reflectance = DN * scale + offset"},
-        "classes": [{"code": c, "name": n} for c, n in ((2, "a"), (5, "b"), (7, "c"))],
-        "sensors": ["sentinel2-l2a"],
-        "training_run_id": "r1",
-        "metrics": {},
-        "created": "2024-01-01T00:00:00+00:00",
-    }
 
 
 @pytest.fixture

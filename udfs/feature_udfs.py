@@ -19,6 +19,33 @@ from udfs.sensors import BAND_COLUMNS
 TILE_COLUMNS = ("scene_id", "tile_row", "tile_col", "width", "height", "dtype", *BAND_COLUMNS)
 
 
+def tile_tables(
+    batches: Iterable[pa.RecordBatch], from_files: bool, columns: Sequence[str]
+) -> Iterator[pa.RecordBatch | pa.Table]:
+    """Tile rows from mapInArrow input: the batches themselves, or with ``from_files`` the
+    ``columns`` of the ``tiles`` Parquet files named in a ``path`` column, read one row
+    group at a time (pixels then never pass through the JVM)."""
+    for batch in batches:
+        if not from_files:
+            yield batch
+            continue
+        for path in batch.column("path").to_pylist():
+            pf = pq.ParquetFile(path)
+            for rg in range(pf.num_row_groups):
+                yield pf.read_row_group(rg, columns=list(columns))
+
+
+def bad_tile(row: Mapping[str, Any], stage: str, error: Exception) -> dict[str, Any]:
+    """A ``rejected`` record for a tile whose arrays cannot be decoded."""
+    return {
+        "href": f"tiles/{row['scene_id']}/{row['tile_row']}/{row['tile_col']}",
+        "scene_id": row["scene_id"],
+        "stage": stage,
+        "error_class": "BadTile",
+        "reason": f"tile ({row['tile_row']}, {row['tile_col']}): {error}",
+    }
+
+
 def _scaling(scene: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
     return {k: (float(v[0]), float(v[1])) for k, v in scene["scaling"].items()}
 
@@ -41,15 +68,7 @@ def feature_rows(
         try:
             dn = decode_tile(row, scene["sensor"])
         except TileDataError as e:
-            errors.append(
-                {
-                    "href": f"tiles/{row['scene_id']}/{row['tile_row']}/{row['tile_col']}",
-                    "scene_id": row["scene_id"],
-                    "stage": "features",
-                    "error_class": "BadTile",
-                    "reason": f"tile ({row['tile_row']}, {row['tile_col']}): {e}",
-                }
-            )
+            errors.append(bad_tile(row, "features", e))
             continue
         f = tile_features(scene["sensor"], dn, _scaling(scene), indices)
         cloud = f["cloud_fraction"]
@@ -89,18 +108,8 @@ def make_feature_reader(
     Parquet files that the worker reads itself, one row group at a time.
     """
 
-    def tile_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch | pa.Table]:
-        for batch in batches:
-            if not from_files:
-                yield batch
-                continue
-            for path in batch.column("path").to_pylist():
-                pf = pq.ParquetFile(path)
-                for rg in range(pf.num_row_groups):
-                    yield pf.read_row_group(rg, columns=list(TILE_COLUMNS))
-
     def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for tiles in tile_batches(batches):
+        for tiles in tile_tables(batches, from_files, TILE_COLUMNS):
             rows = feature_rows(
                 tiles.to_pylist(), scenes, indices, max_cloud_fraction, extra, report_error
             )

@@ -16,9 +16,10 @@ onnxruntime (one inference session per process and model file). No pyspark here.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,12 +293,63 @@ def check_compatible(
         raise ModelError(f"model {bundle.model_id} ({bundle.path}): " + "; ".join(problems))
 
 
+def sensor_features(sensor_key: str) -> set[str]:
+    """Every feature name the pixel view can offer for a sensor.
+
+    Reflectance band columns (``red``, ``nir08`` ...) and lower-case names of the spectral
+    indices whose bands the sensor has.
+    """
+    from udfs.indices import INDICES, MissingIndexBandError, index_columns
+    from udfs.sensors import SENSORS
+
+    names = {b.common for b in SENSORS[sensor_key].reflectance_bands}
+    for index in INDICES:
+        try:
+            index_columns([index], sensor_key)
+        except MissingIndexBandError:
+            continue
+        names.add(index.lower())
+    return names
+
+
+def index_names(bundle: ModelBundle) -> list[str]:
+    """Spectral indices (upper-case names of :data:`udfs.indices.INDICES`) the model uses."""
+    from udfs.indices import INDICES
+
+    lower = {i.lower(): i for i in INDICES}
+    return [lower[f] for f in bundle.feature_names if f in lower]
+
+
+def check_data(bundle: ModelBundle, sensors: Sequence[str]) -> None:
+    """Raise :class:`ModelError` unless every sensor's pixels can feed the model.
+
+    A sensor must be one the model was trained on and offer every feature of the bundle
+    (bands and indices). The message names each sensor and what it lacks.
+    """
+    from udfs.sensors import SENSORS
+
+    problems = []
+    unknown = sorted(set(sensors) - set(bundle.sensors))
+    if unknown:
+        problems.append(
+            f"sensor(s) {', '.join(unknown)} not trained on (model sensors: "
+            f"{', '.join(bundle.sensors)})"
+        )
+    for sensor in sorted(set(sensors)):
+        if sensor not in SENSORS:
+            problems.append(f"unknown sensor {sensor!r}")
+            continue
+        missing = [f for f in bundle.feature_names if f not in sensor_features(sensor)]
+        if missing:
+            problems.append(f"{sensor} has no feature {', '.join(missing)}")
+    if problems:
+        raise ModelError(f"model {bundle.model_id} ({bundle.path}): " + "; ".join(problems))
+
+
 # ----------------------------------------------------------------------------- predicting
 
 
-@functools.lru_cache(maxsize=8)
-def _session(path: str, mtime_ns: int, size: int) -> Any:
-    """One onnxruntime session per model file (and version of it) per process."""
+def _new_session(model: str | bytes, label: str) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -305,9 +357,45 @@ def _session(path: str, mtime_ns: int, size: int) -> Any:
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, sess_options=opts, providers=_providers())
     except Exception as e:  # onnxruntime raises its own (non-exported) exception types
-        raise ModelError(f"model file {path} cannot be loaded by onnxruntime: {e}") from e
+        raise ModelError(f"model {label} cannot be loaded by onnxruntime: {e}") from e
+
+
+def _providers() -> list[str]:
+    """CUDA when this onnxruntime build has it (onnxruntime-gpu on a GPU host), else CPU."""
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
+
+
+@functools.lru_cache(maxsize=8)
+def _session(path: str, mtime_ns: int, size: int) -> Any:
+    """One onnxruntime session per model file (and version of it) per process."""
+    return _new_session(path, f"file {path}")
+
+
+_BLOB_SESSIONS: dict[str, Any] = {}
+
+
+def session_from_bytes(sha256: str, blob: Callable[[], bytes]) -> Any:
+    """One onnxruntime session per model digest per process (executor Python worker).
+
+    ``blob`` is only called the first time a digest is seen, so a broadcast model is
+    deserialized once per worker, not once per batch.
+    """
+    sess = _BLOB_SESSIONS.get(sha256)
+    if sess is None:
+        if len(_BLOB_SESSIONS) >= 8:
+            _BLOB_SESSIONS.clear()
+        sess = _BLOB_SESSIONS[sha256] = _new_session(blob(), f"sha256 {sha256[:12]}")
+    return sess
+
+
+def model_sha256(bundle: ModelBundle) -> str:
+    """Hex SHA-256 of the bundle's model file (ONNX), identifying the exact weights."""
+    return hashlib.sha256(bundle.model_path.read_bytes()).hexdigest()
 
 
 def onnx_session(bundle: ModelBundle) -> Any:
@@ -324,15 +412,29 @@ def onnx_session(bundle: ModelBundle) -> Any:
 def predict_pixels(
     bundle: ModelBundle, X: ArrayLike
 ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
-    """Classify pixels with an ONNX bundle.
+    """Classify pixels with an ONNX bundle (see :func:`predict_with_session`)."""
+    if np.asarray(X).ndim != 2 or np.asarray(X).shape[1] != len(bundle.feature_names):
+        raise ModelError(
+            f"model {bundle.model_id}: expected a (n, {len(bundle.feature_names)}) feature "
+            f"matrix ({', '.join(bundle.feature_names)}), got shape {np.asarray(X).shape}"
+        )
+    return predict_with_session(lambda: onnx_session(bundle), bundle.model_classes, X)
+
+
+def predict_with_session(
+    session: Callable[[], Any], codes: ArrayLike, X: ArrayLike
+) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+    """Classify pixels with an onnxruntime session of a classifier bundle.
 
     Parameters
     ----------
-    bundle : ModelBundle
-        A loaded bundle of format ``onnx``.
+    session : callable
+        Returns the onnxruntime session (called only when a row is classifiable).
+    codes : array of int
+        Class codes in the order of the model's probability columns.
     X : array, shape (n, f), float32
-        One row per pixel, columns in ``bundle.feature_names`` order (surface reflectance
-        and indices, unitless).
+        One row per pixel, columns in the bundle's ``feature_names`` order (surface
+        reflectance and indices, unitless).
 
     Returns
     -------
@@ -343,21 +445,15 @@ def predict_pixels(
         Probability of that class; ``0`` where the class is ``0``.
     """
     x = np.asarray(X, dtype=np.float32)
-    n_features = len(bundle.feature_names)
-    if x.ndim != 2 or x.shape[1] != n_features:
-        raise ModelError(
-            f"model {bundle.model_id}: expected a (n, {n_features}) feature matrix "
-            f"({', '.join(bundle.feature_names)}), got shape {x.shape}"
-        )
     n = x.shape[0]
     classes = np.zeros(n, dtype=np.int32)
     confidence = np.zeros(n, dtype=np.float32)
     ok = np.isfinite(x).all(axis=1)
     if not ok.any():
         return classes, confidence
-    sess = onnx_session(bundle)
+    sess = session()
     input_name = sess.get_inputs()[0].name
-    codes = bundle.model_classes
+    codes = np.asarray(codes, dtype=np.int32)
     rows = np.flatnonzero(ok)
     for start in range(0, len(rows), PREDICT_CHUNK):
         idx = rows[start : start + PREDICT_CHUNK]

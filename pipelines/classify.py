@@ -1,0 +1,318 @@
+"""Classify job: scenes -> tiles -> features -> per-pixel land-cover maps in Delta.
+
+Flow of :func:`main`: load config -> open and validate the model bundle (before Spark
+starts: a missing or broken model stops here) -> start Spark -> check that every sensor
+in the data (ingested, or about to be) can feed the model (a mismatch stops here, nothing
+written) -> ingest when asked or when ``tiles`` is missing -> features (incremental) ->
+classify the scenes this model has not classified yet: executors read tiles, compute the
+model's features, predict with the model loaded once per Python worker, and emit per tile
+a class raster, a confidence raster and class counts -> MERGE into ``predictions`` and
+``tile_predictions`` (keyed by model id, so models can be compared on the same tiles) ->
+record the model in ``models``, rejected tiles and the run.
+
+Run with ``spark-submit pipelines/classify.py`` (no arguments: the demo data and the
+newest model under ``output/models``) or ``python -m pipelines.classify``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import StructType
+
+from pipelines.config import Config, load_config
+from pipelines.datamodel import MODELS, PREDICTIONS, TILE_PREDICTIONS
+from pipelines.discover import discover
+from pipelines.features import features, scene_table, tile_input
+from pipelines.ingest import ingest
+from pipelines.lakehouse import Lakehouse
+from pipelines.runs import ListParam, Run, phase, run_stage
+from udfs.errors import ConfigError, SceneError
+from udfs.feature_udfs import TILE_COLUMNS
+from udfs.inference_udfs import GEO_COLUMNS, ModelRef, make_tile_classifier
+from udfs.models import (
+    METADATA,
+    ModelBundle,
+    ModelError,
+    check_data,
+    index_names,
+    load_bundle,
+    model_sha256,
+)
+
+JOB = "classify"
+log = logging.getLogger("eo")
+
+#: One row per classified tile: ``predictions`` columns + ``tile_predictions`` counts.
+CLASSIFIED = StructType(
+    [
+        *PREDICTIONS.fields,
+        *[f for f in TILE_PREDICTIONS.fields if f.name not in PREDICTIONS.fieldNames()],
+    ]
+)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def resolve_model(config: Config) -> Path:
+    """The bundle folder to apply: ``classify.model``, or the newest under ``models_dir``.
+
+    ``latest`` picks the bundle whose ``metadata.json`` has the greatest ``created`` time.
+    Raises :class:`ModelError` when there is none, saying how to make one.
+    """
+    name = config.classify.model
+    if name != "latest":
+        return Path(name)
+    root = Path(config.train.models_dir)
+    found = []
+    for meta in root.glob(f"*/{METADATA}") if root.is_dir() else []:
+        try:
+            found.append((load_bundle(meta.parent).metadata["created"], meta.parent))
+        except ModelError as e:
+            log.warning("skipping %s: %s", meta.parent, e)
+    if not found:
+        raise ModelError(
+            f"no model bundle under {root}: train one with `python -m pipelines.train` "
+            f"(or `make demo`), or name a bundle folder with --model"
+        )
+    return max(found)[1]
+
+
+def load_model(config: Config) -> ModelBundle:
+    """Open and validate the bundle to apply; only ONNX bundles are applied per pixel."""
+    bundle = load_bundle(resolve_model(config))
+    if bundle.format != "onnx":
+        raise ModelError(
+            f"model {bundle.model_id} ({bundle.path}) is a {bundle.format!r} bundle "
+            f"(trainer {bundle.metadata['trainer']}); classify applies ONNX bundles in the "
+            f"executors' Python workers: train with --trainer sklearn"
+        )
+    return bundle
+
+
+def data_sensors(config: Config, lake: Lakehouse, will_ingest: bool) -> list[str]:
+    """Sensors of the scenes the run will classify: ingested ones and, when ingest runs,
+    those discovery finds in the source (a driver-side listing; nothing is read)."""
+    sensors = {v["sensor"] for v in scene_table(lake).values()} if lake.exists("scenes") else set()
+    if will_ingest:
+        sensors |= {
+            c.sensor for c in discover(config.ingest.source) if not isinstance(c, SceneError)
+        }
+    return sorted(sensors)
+
+
+def model_row(bundle: ModelBundle, sha256: str) -> dict[str, Any]:
+    """The ``models`` row of a bundle."""
+    import json
+
+    meta = bundle.metadata
+    return {
+        "model_id": bundle.model_id,
+        "trainer": meta["trainer"],
+        "format": bundle.format,
+        "path": str(bundle.path.resolve()),
+        "model_sha256": sha256,
+        "feature_names": bundle.feature_names,
+        "classes": [{"code": int(c["code"]), "name": c["name"]} for c in meta["classes"]],
+        "sensors": bundle.sensors,
+        "training_run_id": meta["training_run_id"],
+        "overall_accuracy": meta["metrics"].get("overall_accuracy"),
+        "metrics_json": json.dumps(meta["metrics"], sort_keys=True),
+        "created": str(meta["created"]),
+        "registered_at": datetime.now(timezone.utc),
+    }
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def plan_scenes(run: Run, lake: Lakehouse, model_id: str) -> dict[str, dict[str, Any]]:
+    """Scenes this model has not classified yet (all of them with ``classify.rebuild``)."""
+    done: set[str] = set()
+    if lake.exists("tile_predictions"):
+        rows = (
+            lake.read("tile_predictions")
+            .filter(F.col("model_id") == model_id)
+            .select("scene_id")
+            .distinct()
+            .collect()
+        )
+        done = {r.scene_id for r in rows}
+    scenes = scene_table(lake)
+    if run.config.classify.rebuild and done:
+        for name in ("predictions", "tile_predictions"):
+            if lake.exists(name):
+                lake.delete_where(name, F.col("model_id") == model_id)
+        done = set()
+    run.skipped = sorted(s for s in scenes if s in done)
+    return {s: v for s, v in scenes.items() if s not in done}
+
+
+def classified_frame(
+    spark: SparkSession,
+    lake: Lakehouse,
+    run: Run,
+    todo: dict[str, dict[str, Any]],
+    model: ModelRef,
+    errors: Any,
+) -> DataFrame:
+    """One :data:`CLASSIFIED` row per tile of the scenes in ``todo``, computed on executors."""
+    source, from_files = tile_input(
+        spark, lake, run.config.classify.reader, list(todo), (*TILE_COLUMNS, *GEO_COLUMNS)
+    )
+    classify_fn = make_tile_classifier(
+        todo,
+        model,
+        {"run_id": run.run_id},
+        to_arrow_schema(CLASSIFIED),
+        errors.add,
+        from_files=from_files,
+    )
+    return source.mapInArrow(classify_fn, CLASSIFIED)
+
+
+def classify(spark: SparkSession, lake: Lakehouse, run: Run, bundle: ModelBundle) -> Run:
+    """Classify every scene ``bundle`` has not classified yet into the prediction tables."""
+    with phase("plan"):
+        todo = plan_scenes(run, lake, bundle.model_id)
+        check_data(bundle, [v["sensor"] for v in todo.values()])
+        run.seen = sum(v["n_tiles"] or 0 for v in todo.values())
+    sha = model_sha256(bundle)
+    lake.merge("models", spark.createDataFrame([model_row(bundle, sha)], MODELS))
+    errors = spark.sparkContext.accumulator([], ListParam())
+    if todo:
+        blob = spark.sparkContext.broadcast(bundle.model_path.read_bytes())
+        model = ModelRef(
+            bundle.model_id,
+            sha,
+            tuple(bundle.feature_names),
+            tuple(index_names(bundle)),
+            tuple(int(c) for c in bundle.model_classes),
+            blob,
+        )
+        frame = classified_frame(spark, lake, run, todo, model, errors)
+        # Both tables come from one pass over the pixels: cache the (small) results.
+        frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            with phase(f"classify {len(todo)} scene(s) with {bundle.model_id}"):
+                lake.merge("predictions", frame)
+            # tile_predictions last: a scene counts as done once its counts are written.
+            with phase("tile_predictions"):
+                lake.merge("tile_predictions", frame)
+        finally:
+            frame.unpersist()
+            blob.unpersist()
+    # The accumulator may see a tile twice if Spark re-runs a task: one record per tile.
+    rejected = list({e["href"]: e for e in errors.value}.values())
+    run.rejected.extend(rejected)
+    run.ingested = sorted(todo)
+    run.tiles_written = run.seen - len(rejected)
+    return run
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="classify", description=__doc__.split("\n")[0])
+    p.add_argument("--profile", default="local", help="conf/<profile>.yaml or a YAML path")
+    p.add_argument("--root", help="table root folder (storage.root)")
+    p.add_argument("--source", help="scenes to ingest first (ingest.source)")
+    p.add_argument("--model", help="model bundle folder, or 'latest' (classify.model)")
+    p.add_argument(
+        "--ingest", choices=("auto", "always", "never"), help="run ingest first (classify.ingest)"
+    )
+    p.add_argument("--rebuild", action="store_true", help="redo this model's predictions")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = []
+    for flag, key in (
+        ("root", "storage.root"),
+        ("source", "ingest.source"),
+        ("model", "classify.model"),
+        ("ingest", "classify.ingest"),
+    ):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if args.rebuild:
+        overrides.append("classify.rebuild=true")
+    return load_config(args.profile, [*overrides, *args.set])
+
+
+def summary(run: Run, lake: Lakehouse, bundle: ModelBundle) -> str:
+    lines = [
+        f"classify run {run.run_id}: model {bundle.model_id}; {len(run.ingested)} scene(s) "
+        f"classified, {len(run.skipped)} already done, {run.tiles_written} tiles written, "
+        f"{len(run.rejected)} tile(s) rejected",
+    ]
+    if lake.exists("tile_predictions"):
+        names = bundle.class_names
+        rows = (
+            lake.read("tile_predictions")
+            .filter(F.col("model_id") == bundle.model_id)
+            .select(F.explode("class_counts").alias("code", "n"))
+            .groupBy("code")
+            .agg(F.sum("n").alias("n"))
+            .orderBy("code")
+            .collect()
+        )
+        total = sum(r.n for r in rows) or 1
+        for r in rows:
+            lines.append(f"  {names.get(r.code, r.code)!s:<12} {r.n:>10} px  {r.n / total:6.1%}")
+    for name in ("predictions", "tile_predictions", "models"):
+        lines.append(f"  {name:<16} {lake.path(name)}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    try:
+        config = config_from_args(args)
+        bundle = load_model(config)  # before Spark starts: nothing is written on failure
+    except (ConfigError, ModelError) as e:
+        print(f"classify: {e}", file=sys.stderr)
+        return 2
+    from pipelines.session import build_session
+
+    spark = build_session(config)
+    lake = Lakehouse(spark, config.storage)
+    mode = config.classify.ingest
+    will_ingest = mode == "always" or (mode == "auto" and not lake.exists("tiles"))
+    try:
+        check_data(bundle, data_sensors(config, lake, will_ingest))
+    except ModelError as e:
+        print(f"classify: {e}", file=sys.stderr)
+        return 2
+    if will_ingest:
+        code, _ = run_stage(spark, lake, "ingest", config, ingest, config.ingest.source)
+        if code:
+            return code
+    code, _ = run_stage(spark, lake, "features", config, features, lake.path("tiles"))
+    if code:
+        return code
+    code, run = run_stage(
+        spark, lake, JOB, config, lambda s, lk, r: classify(s, lk, r, bundle), str(bundle.path)
+    )
+    if code:
+        return code
+    print(summary(run, lake, bundle))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Thin Arrow wrapper running :func:`udfs.inference.classify_tile` in executor Python workers.
+
+The model arrives as a broadcast of its ONNX bytes and becomes one onnxruntime session
+per worker process (:func:`udfs.models.session_from_bytes`); Python workers are reused
+across tasks, so a model is loaded once per worker, not once per batch or tile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from udfs.feature_udfs import TILE_COLUMNS, _scaling, bad_tile, tile_tables
+from udfs.features import TileDataError, decode_tile
+from udfs.inference import class_dtype, classify_tile
+from udfs.models import predict_with_session, session_from_bytes
+
+#: Tile columns the classifier copies into ``predictions`` besides the pixel columns.
+GEO_COLUMNS = ("crs_epsg", "transform", "bounds", "row_off", "col_off")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What executors need of a model: identity, inputs, classes and its bytes.
+
+    Attributes
+    ----------
+    model_id, sha256 : str
+        Bundle id and digest of the ONNX file (the worker's session cache key).
+    feature_names : tuple of str
+        Inputs in order; ``indices`` the (upper-case) indices among them.
+    codes : tuple of int
+        Class codes in the order of the model's probability columns.
+    blob : object
+        A Spark broadcast of the ONNX bytes (``.value``), or the bytes themselves.
+    """
+
+    model_id: str
+    sha256: str
+    feature_names: tuple[str, ...]
+    indices: tuple[str, ...]
+    codes: tuple[int, ...]
+    blob: Any
+
+    def model_bytes(self) -> bytes:
+        return self.blob if isinstance(self.blob, bytes) else self.blob.value
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return predict_with_session(
+            lambda: session_from_bytes(self.sha256, self.model_bytes), self.codes, X
+        )
+
+
+def classified_rows(
+    rows: Sequence[Mapping[str, Any]],
+    scenes: Mapping[str, Mapping[str, Any]],
+    model: ModelRef,
+    extra: Mapping[str, Any],
+    report_error: Callable[[list[dict[str, Any]]], None],
+) -> list[dict[str, Any]]:
+    """One output row per tile (``predictions`` + ``tile_predictions`` columns)."""
+    out, errors = [], []
+    dtype = class_dtype(model.codes)
+    for row in rows:
+        scene = scenes.get(row["scene_id"])
+        if scene is None:
+            continue
+        try:
+            dn = decode_tile(row, scene["sensor"])
+        except TileDataError as e:
+            errors.append(bad_tile(row, "classify", e))
+            continue
+        r = classify_tile(
+            scene["sensor"],
+            dn,
+            _scaling(scene),
+            model.feature_names,
+            model.indices,
+            model.predict,
+            model.codes,
+        )
+        mean = r["mean_confidence"]
+        out.append(
+            {
+                "model_id": model.model_id,
+                **{k: row[k] for k in ("scene_id", "tile_row", "tile_col", "width", "height")},
+                **{k: row[k] for k in GEO_COLUMNS},
+                "sensor": scene["sensor"],
+                "acquired_date": scene["acquired_date"],
+                "dtype": dtype.name,
+                "classes": r["classes"].astype(dtype.newbyteorder("<"), copy=False).tobytes(),
+                "confidence": r["confidence"].tobytes(),
+                "pixel_count": r["pixel_count"],
+                "classified_count": r["classified_count"],
+                "class_counts": list(r["class_counts"].items()),
+                "mean_confidence": None if mean != mean else mean,
+                **extra,
+            }
+        )
+    if errors:
+        report_error(errors)
+    return out
+
+
+def make_tile_classifier(
+    scenes: Mapping[str, Mapping[str, Any]],
+    model: ModelRef,
+    extra: Mapping[str, Any],
+    schema: pa.Schema,
+    report_error: Callable[[list[dict[str, Any]]], None],
+    from_files: bool = False,
+) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """mapInArrow function: ``tiles`` rows (or their files' paths) -> classified tiles."""
+    columns = (*TILE_COLUMNS, *GEO_COLUMNS)
+
+    def classify(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for tiles in tile_tables(batches, from_files, columns):
+            rows = classified_rows(tiles.to_pylist(), scenes, model, extra, report_error)
+            if rows:
+                yield pa.RecordBatch.from_pylist(rows, schema=schema)
+
+    return classify
