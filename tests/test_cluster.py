@@ -368,6 +368,66 @@ def test_cluster_tiles_hold_the_source_pixels(spark, cluster_ingest):
                 np.testing.assert_array_equal(got, expected, err_msg=where)
 
 
+@pytest.fixture(scope="module")
+def cluster_classify(spark, cluster, code_zip, cluster_ingest, demo_root, tmp_path_factory):
+    """A model trained here on the cluster's tables, then ``spark-submit
+    pipelines/classify.py`` on the cluster (it computes features itself)."""
+    from pipelines.config import load_config
+    from pipelines.features import features
+    from pipelines.lakehouse import Lakehouse
+    from pipelines.runs import Run
+    from pipelines.train import train_model
+
+    root, scenes, _ = cluster_ingest
+    config = load_config("local", [f"storage.root={root}"])
+    lake = Lakehouse(spark, config.storage)
+    features(spark, lake, Run(config, job="features"))
+    model = tmp_path_factory.mktemp("cluster-model") / "both"
+    result = train_model(spark, lake, config, demo_root / "labels.geojson", max_per_class=600,
+                         block_px=64, model_out=model)  # fmt: skip
+    out = spark_submit(
+        cluster,
+        code_zip[0],
+        ["pipelines/classify.py", "--root", str(root), "--model", str(model), "--ingest", "never"],
+        "classify",
+    )
+    return root, scenes, result, out
+
+
+def test_cluster_classify_maps_every_tile_like_the_model_in_one_process(spark, cluster_classify):
+    from pipelines.config import load_config
+    from pipelines.features import pixel_features
+    from pipelines.lakehouse import Lakehouse
+    from udfs.models import load_bundle, predict_pixels
+
+    root, scenes, result, out = cluster_classify
+    assert "2 scene(s) classified" in out, out
+    lake = Lakehouse(spark, load_config("local", [f"storage.root={root}"]).storage)
+    preds = lake.read("predictions").collect()
+    assert Counter(r.scene_id for r in preds) == {
+        s.scene_id: expected_tiles(s.reference) for s in scenes
+    }
+    jobs = sorted(r.job for r in lake.read("runs").collect())
+    assert jobs == ["classify", "features", "ingest"]  # the features run here is not recorded
+    bundle = load_bundle(result.bundle_path)
+    names = bundle.feature_names
+    for p in preds:
+        px = (
+            pixel_features(spark, lake, load_config("local", [f"storage.root={root}"]),
+                           scene_ids=[p.scene_id], usable_only=False)
+            .filter(f"tile_row = {p.tile_row} AND tile_col = {p.tile_col}")
+            .select("row", "col", *names)
+            .toArrow()
+        )  # fmt: skip
+        X = np.column_stack([px.column(n).to_numpy(zero_copy_only=False) for n in names])
+        expected = np.zeros((p.height, p.width), dtype=np.int64)
+        expected[px.column("row").to_numpy(), px.column("col").to_numpy()] = predict_pixels(
+            bundle, X
+        )[0]
+        got = np.frombuffer(p.classes, np.uint8).reshape(p.height, p.width)
+        np.testing.assert_array_equal(got, expected, err_msg=f"{p.scene_id} {p.tile_row}")
+
+
 WHERE_SCRIPT = """
 import json
 
