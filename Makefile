@@ -15,11 +15,14 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-## Command 1: set up, write the demo scenes, ingest them, print what was produced.
+## Command 1: set up, write the demo scenes, ingest them, compute features, train a model
+## (once) and map land cover with `spark-submit pipelines/classify.py`, printing each result.
 demo: setup
 	$(PY) -m pipelines.demo --out data/demo --size $(DEMO_SIZE)
 	$(PY) -m pipelines.ingest --profile local
 	$(PY) -m pipelines.features --profile local
+	test -n "$$(ls output/models/*/metadata.json 2>/dev/null)" || $(PY) -m pipelines.train --profile local
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" spark-submit pipelines/classify.py
 
 ## Command 2: the whole test suite.
 test: setup
@@ -35,6 +38,8 @@ lint: setup
 
 bench: setup
 	$(PY) bench/ingest_bench.py --size 5490
+	$(PY) bench/features_bench.py --size 5490
+	$(PY) bench/classify_bench.py --size 5490
 
 ## Fallback when Spark's Ivy cannot resolve Delta: fetch the same jars with Maven.
 jars:

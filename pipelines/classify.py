@@ -169,7 +169,11 @@ def classified_frame(
 ) -> DataFrame:
     """One :data:`CLASSIFIED` row per tile of the scenes in ``todo``, computed on executors."""
     source, from_files = tile_input(
-        spark, lake, run.config.classify.reader, list(todo), (*TILE_COLUMNS, *GEO_COLUMNS)
+        spark,
+        lake,
+        run.config.classify.reader,
+        list(todo),
+        (*TILE_COLUMNS, *GEO_COLUMNS),
     )
     classify_fn = make_tile_classifier(
         todo,

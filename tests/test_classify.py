@@ -308,7 +308,7 @@ def test_rerun_adds_nothing_and_a_second_model_is_kept_apart(classified, trained
     write_metadata(other, {**trained.metadata, "model_id": "other-model"})
     assert main(["--root", str(root), "--model", str(other)]) == 0
     preds = lake.read("predictions")
-    assert preds.count() == 2 * before["predictions"]
+    assert preds.filter("model_id = 'other-model'").count() == before["predictions"]
     a = {
         (r.tile_row, r.tile_col): r.classes
         for r in preds.filter("model_id = 'other-model'").collect()
@@ -318,14 +318,37 @@ def test_rerun_adds_nothing_and_a_second_model_is_kept_apart(classified, trained
         for r in preds.filter(F.col("model_id") == trained.metadata["model_id"]).collect()
     }
     assert a == b  # the same weights under another id: the same maps, side by side
-    assert lake.read("models").count() == 2
+    ids = {r.model_id for r in lake.read("models").collect()}
+    assert {"other-model", trained.metadata["model_id"]} <= ids
 
+    def run_ids() -> set[str]:
+        rows = lake.read("tile_predictions").filter("model_id = 'other-model'").collect()
+        return {r.run_id for r in rows}
+
+    first = run_ids()
     assert main(["--root", str(root), "--model", str(other), "--rebuild"]) == 0
-    assert lake.read("predictions").count() == 2 * before["predictions"]
-    ids = {
-        r.run_id for r in lake.read("tile_predictions").filter("model_id = 'other-model'").collect()
-    }
-    assert len(ids) == 1
+    n = lake.read("predictions").filter("model_id = 'other-model'").count()
+    assert n == before["predictions"]
+    assert len(run_ids()) == 1 and run_ids() != first  # every row rewritten by the rebuild
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_tiles_read_through_spark_give_the_same_maps(classified, trained, tmp_path):
+    """``classify.reader=spark`` (the path for object-store tables) equals the file reader."""
+    lake, root = classified
+    other = tmp_path / "via-spark"
+    shutil.copytree(trained.bundle_path, other)
+    write_metadata(other, {**trained.metadata, "model_id": "via-spark"})
+    args = ["--root", str(root), "--model", str(other), "--set", "classify.reader=spark"]
+    assert main(args) == 0
+    preds = lake.read("predictions")
+    maps = {}
+    for mid in ("via-spark", trained.metadata["model_id"]):
+        rows = preds.filter(F.col("model_id") == mid).collect()
+        maps[mid] = {(r.tile_row, r.tile_col): (r.classes, r.confidence) for r in rows}
+    assert len(maps["via-spark"]) == 4
+    assert maps["via-spark"] == maps[trained.metadata["model_id"]]
 
 
 def delta_versions(root: Path) -> dict[str, int]:

@@ -132,13 +132,13 @@ def pixel_table(
     """
     refl_dn = {k: v for k, v in dn.items() if k != "qa"}
     q = quality_mask(sensor_key, dn.get("qa"), refl_dn)
-    refl = reflectance_layers(sensor_key, dn, scaling)
-    idx = compute_indices(refl, list(indices), sensor_key)
     keep = ~q.masked
     rows, cols = np.nonzero(keep)
+    # Scale and combine only the kept pixels (1-D): cheaper than whole tiles then a gather.
+    refl = reflectance_layers(sensor_key, {k: v[keep] for k, v in refl_dn.items()}, scaling)
+    idx = compute_indices(refl, list(indices), sensor_key)
     out: dict[str, np.ndarray] = {"row": rows.astype(np.int32), "col": cols.astype(np.int32)}
-    for k, v in refl.items():
-        out[k] = v[keep]
+    out.update(refl)
     for k, v in idx.items():
-        out[k.lower()] = v[keep]
+        out[k.lower()] = v
     return out

@@ -454,13 +454,16 @@ def predict_with_session(
     sess = session()
     input_name = sess.get_inputs()[0].name
     codes = np.asarray(codes, dtype=np.int32)
-    rows = np.flatnonzero(ok)
+    all_ok = bool(ok.all())
+    rows = np.arange(n) if all_ok else np.flatnonzero(ok)
     for start in range(0, len(rows), PREDICT_CHUNK):
-        idx = rows[start : start + PREDICT_CHUNK]
+        idx: Any = rows[start : start + PREDICT_CHUNK]
+        if all_ok:  # a slice: no gather copy of the chunk
+            idx = slice(start, min(start + PREDICT_CHUNK, n))
         (proba,) = sess.run(["probabilities"], {input_name: np.ascontiguousarray(x[idx])})
         # argmax (first maximum) rather than the ONNX label output: ties then resolve to
         # the lowest code, exactly as scikit-learn's predict does.
         best = np.argmax(proba, axis=1)
         classes[idx] = codes[best]
-        confidence[idx] = proba[np.arange(len(idx)), best]
+        confidence[idx] = proba[np.arange(len(best)), best]
     return classes, confidence
