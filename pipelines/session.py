@@ -121,12 +121,28 @@ def spark_defaults(python: str = sys.executable) -> str:
     return "".join(f"{k} {v}\n" for k, v in lines.items())
 
 
+#: Spark's own logging for spark-submit runs: warnings only (its default is INFO, which
+#: buries the jobs' summaries). Written only where the user has no log4j2.properties yet.
+LOG4J2 = """rootLogger.level = warn
+rootLogger.appenderRef.stdout.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+"""
+
+
 def write_spark_defaults() -> Path:
-    """Write :func:`spark_defaults` to the installed pyspark's ``conf/spark-defaults.conf``."""
+    """Write :func:`spark_defaults` to the installed pyspark's ``conf/spark-defaults.conf``
+    (and a warnings-only ``log4j2.properties`` beside it if there is none)."""
     import pyspark
 
     conf_dir = Path(pyspark.__file__).resolve().parent / "conf"
     conf_dir.mkdir(exist_ok=True)
     path = conf_dir / "spark-defaults.conf"
     path.write_text(spark_defaults())
+    log4j = conf_dir / "log4j2.properties"
+    if not log4j.exists():
+        log4j.write_text(LOG4J2)
     return path

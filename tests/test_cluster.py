@@ -477,6 +477,14 @@ pipelines.config.load_config("local")
 """
 
 
+def test_spark_submit_defaults_bring_delta_and_quiet_logging(spark_defaults):
+    text = spark_defaults.read_text()
+    assert "io.delta:delta-spark_4.1_2.13:4.4.0" in text
+    assert "io.delta.sql.DeltaSparkSessionExtension" in text
+    log4j = spark_defaults.parent / "log4j2.properties"
+    assert "rootLogger.level = warn" in log4j.read_text()
+
+
 def test_profile_names_resolve_when_code_is_imported_from_a_zip(code_zip, tmp_path):
     """What the spark-submit driver does: package from the zip, run from the repository root.
 
