@@ -102,7 +102,7 @@ def build_session(config: Config) -> SparkSession:
     return spark
 
 
-def spark_defaults(python: str = sys.executable) -> str:
+def spark_defaults(python: str = sys.executable, driver_log4j: Path | None = None) -> str:
     """``spark-defaults.conf`` text that lets plain ``spark-submit`` run the jobs with Delta.
 
     ``make setup`` writes it into the virtual environment's pyspark (``$SPARK_HOME/conf``),
@@ -118,11 +118,14 @@ def spark_defaults(python: str = sys.executable) -> str:
     settings = ivy_settings()
     if settings is not None:
         lines["spark.jars.ivySettings"] = str(settings.resolve())
+    if driver_log4j is not None:
+        # The driver only: master and worker daemons keep Spark's own INFO logging.
+        lines["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={driver_log4j}"
     return "".join(f"{k} {v}\n" for k, v in lines.items())
 
 
-#: Spark's own logging for spark-submit runs: warnings only (its default is INFO, which
-#: buries the jobs' summaries). Written only where the user has no log4j2.properties yet.
+#: Spark's own logging for the driver of spark-submit runs: warnings only (its default is
+#: INFO, which buries the jobs' summaries).
 LOG4J2 = """rootLogger.level = warn
 rootLogger.appenderRef.stdout.ref = console
 appender.console.type = Console
@@ -135,14 +138,13 @@ appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
 
 def write_spark_defaults() -> Path:
     """Write :func:`spark_defaults` to the installed pyspark's ``conf/spark-defaults.conf``
-    (and a warnings-only ``log4j2.properties`` beside it if there is none)."""
+    (and the driver's warnings-only log4j2 configuration beside it)."""
     import pyspark
 
     conf_dir = Path(pyspark.__file__).resolve().parent / "conf"
     conf_dir.mkdir(exist_ok=True)
+    log4j = conf_dir / "eo-driver-log4j2.properties"
+    log4j.write_text(LOG4J2)
     path = conf_dir / "spark-defaults.conf"
-    path.write_text(spark_defaults())
-    log4j = conf_dir / "log4j2.properties"
-    if not log4j.exists():
-        log4j.write_text(LOG4J2)
+    path.write_text(spark_defaults(driver_log4j=log4j))
     return path

@@ -481,8 +481,10 @@ def test_spark_submit_defaults_bring_delta_and_quiet_logging(spark_defaults):
     text = spark_defaults.read_text()
     assert "io.delta:delta-spark_4.1_2.13:4.4.0" in text
     assert "io.delta.sql.DeltaSparkSessionExtension" in text
-    log4j = spark_defaults.parent / "log4j2.properties"
+    log4j = spark_defaults.parent / "eo-driver-log4j2.properties"
+    assert f"spark.driver.extraJavaOptions -Dlog4j2.configurationFile={log4j}" in text
     assert "rootLogger.level = warn" in log4j.read_text()
+    assert not (spark_defaults.parent / "log4j2.properties").exists()  # daemons keep INFO
 
 
 def test_profile_names_resolve_when_code_is_imported_from_a_zip(code_zip, tmp_path):

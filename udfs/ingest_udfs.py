@@ -26,23 +26,30 @@ from udfs.sensors import BAND_COLUMNS, SENSORS
 from udfs.tiling import ReadBlock, encode_array, encode_mask
 
 INSPECT_SCHEMA = "scene_id string, info string, error string"
+TILE_KEYS = ("scene_id", "tile_row", "tile_col")
+
+
+def inspect_records(sources: Iterable[str]) -> list[tuple[str, str | None, str | None]]:
+    """Inspect scenes (SceneSource JSON): ``(scene_id, info JSON, None)`` per readable scene,
+    ``(scene_id, None, rejected record JSON)`` per bad one."""
+    out: list[tuple[str, str | None, str | None]] = []
+    with rasterio.Env(**GDAL_ENV):
+        for text in sources:
+            src = SceneSource.from_json(text)
+            try:
+                info = inspect_scene(src)
+                out.append((src.scene_id, json.dumps(info, default=_json_default), None))
+            except SceneError as e:
+                if e.scene_id is None:
+                    e.scene_id = src.scene_id
+                out.append((src.scene_id, None, json.dumps(scene_error_row(e))))
+    return out
 
 
 def inspect_batches(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """mapInPandas: ``source`` (SceneSource JSON) -> scene record JSON or error JSON."""
-    with rasterio.Env(**GDAL_ENV):
-        for pdf in batches:
-            out: list[tuple[str, str | None, str | None]] = []
-            for text in pdf["source"]:
-                src = SceneSource.from_json(text)
-                try:
-                    info = inspect_scene(src)
-                    out.append((src.scene_id, json.dumps(info, default=_json_default), None))
-                except SceneError as e:
-                    if e.scene_id is None:
-                        e.scene_id = src.scene_id
-                    out.append((src.scene_id, None, json.dumps(scene_error_row(e))))
-            yield pd.DataFrame(out, columns=["scene_id", "info", "error"])
+    for pdf in batches:
+        yield pd.DataFrame(inspect_records(pdf["source"]), columns=["scene_id", "info", "error"])
 
 
 def _json_default(v: Any) -> Any:
@@ -146,9 +153,9 @@ FILE_SCHEMA = (
 )
 
 
-def _stats(table: pa.Table) -> str:
+def file_stats(table: pa.Table, keys: Iterable[str] = ("scene_id", "tile_row", "tile_col")) -> str:
     """Delta ``add`` statistics for the key columns (numRecords, min/max, null counts)."""
-    keys = ("scene_id", "tile_row", "tile_col")
+    keys = list(keys)
     lo = {k: min(table.column(k).to_pylist()) for k in keys}
     hi = {k: max(table.column(k).to_pylist()) for k in keys}
     return json.dumps(
@@ -159,6 +166,38 @@ def _stats(table: pa.Table) -> str:
             "nullCount": {k: 0 for k in keys},
         }
     )
+
+
+def write_table_file(
+    table_path: str,
+    table: pa.Table,
+    partition_values: dict[str, str],
+    keys: Iterable[str],
+    zstd_level: int,
+) -> dict[str, Any]:
+    """Write ``table`` as one ZSTD Parquet file under ``table_path`` (Hive-style partition
+    folders) and return its :data:`FILE_SCHEMA` record (path relative to the table)."""
+    import os
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    folder = "/".join(f"{k}={v}" for k, v in partition_values.items())
+    name = f"part-{uuid.uuid4().hex}.zstd.parquet"
+    rel = f"{folder}/{name}" if folder else name
+    full = f"{table_path}/{rel}"
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    pq.write_table(table, full, compression="zstd", compression_level=zstd_level)
+    st = os.stat(full)
+    return {
+        "scene_id": table.column("scene_id")[0].as_py() if table.num_rows else None,
+        "path": rel,
+        "size": st.st_size,
+        "modification_time": int(st.st_mtime * 1000),
+        "partition_values": json.dumps(partition_values),
+        "stats": file_stats(table, keys),
+        "n_tiles": table.num_rows,
+    }
 
 
 def make_tile_file_writer(
@@ -177,11 +216,6 @@ def make_tile_file_writer(
     ``zstd_level``) under ``table_path/<col>=<value>/...`` and returns one small record per
     file (relative path, size, partition values, statistics) for the driver to commit.
     """
-    import os
-    import uuid
-
-    import pyarrow.parquet as pq
-
     data_schema = pa.schema([f for f in schema if f.name not in partition_by])
 
     def write_files(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -202,28 +236,8 @@ def make_tile_file_writer(
                     if not rows:
                         continue
                     parts = {p: str(scene[p]) for p in partition_by}
-                    rel = "/".join(f"{k}={v}" for k, v in parts.items())
-                    rel = (
-                        f"{rel}/part-{uuid.uuid4().hex}.zstd.parquet"
-                        if rel
-                        else (f"part-{uuid.uuid4().hex}.zstd.parquet")
-                    )
                     table = pa.Table.from_pylist(rows, schema=data_schema)
-                    full = f"{table_path}/{rel}"
-                    os.makedirs(os.path.dirname(full), exist_ok=True)
-                    pq.write_table(table, full, compression="zstd", compression_level=zstd_level)
-                    st = os.stat(full)
-                    out.append(
-                        {
-                            "scene_id": scene["scene_id"],
-                            "path": rel,
-                            "size": st.st_size,
-                            "modification_time": int(st.st_mtime * 1000),
-                            "partition_values": json.dumps(parts),
-                            "stats": _stats(table),
-                            "n_tiles": table.num_rows,
-                        }
-                    )
+                    out.append(write_table_file(table_path, table, parts, TILE_KEYS, zstd_level))
         if out:
             yield pa.RecordBatch.from_pylist(out)
 
