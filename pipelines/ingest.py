@@ -30,7 +30,6 @@ from pipelines.lakehouse import Lakehouse
 from pipelines.runs import ListParam, Run, phase, run_job
 from udfs.errors import ConfigError, SceneError
 from udfs.ingest_udfs import (
-    FILE_SCHEMA,
     INSPECT_SCHEMA,
     inspect_batches,
     inspect_records,
@@ -135,9 +134,13 @@ def scene_plan(info: dict[str, Any], config: Config) -> list[ReadBlock]:
     )
 
 
-def blocks_frame(spark: SparkSession, infos: list[dict[str, Any]], config: Config) -> DataFrame:
-    """One row per read block: the scene recipe (JSON) and the block window."""
-    rows = []
+#: Window fields of a block record, as :class:`udfs.tiling.ReadBlock` names them.
+BLOCK_FIELDS = tuple(ReadBlock.__dataclass_fields__)
+
+
+def block_records(infos: list[dict[str, Any]], config: Config) -> list[dict[str, Any]]:
+    """One record per read block: the scene recipe (JSON) and the block window."""
+    out = []
     for info in infos:
         acquired = datetime.fromisoformat(info["acquired"])
         recipe = dict(
@@ -145,23 +148,14 @@ def blocks_frame(spark: SparkSession, infos: list[dict[str, Any]], config: Confi
         )
         text = json.dumps(recipe)
         for b in scene_plan(info, config):
-            rows.append(
-                (
-                    text,
-                    b.tile_row0,
-                    b.tile_col0,
-                    b.n_rows,
-                    b.n_cols,
-                    b.row_off,
-                    b.col_off,
-                    b.height,
-                    b.width,
-                )
-            )
-    schema = (
-        "scene string, tile_row0 int, tile_col0 int, n_rows int, n_cols int, "
-        "row_off int, col_off int, height int, width int"
-    )
+            out.append({"scene": text, **{k: getattr(b, k) for k in BLOCK_FIELDS}})
+    return out
+
+
+def blocks_frame(spark: SparkSession, infos: list[dict[str, Any]], config: Config) -> DataFrame:
+    """:func:`block_records` as a DataFrame, one task per core."""
+    rows = [tuple(r.values()) for r in block_records(infos, config)]
+    schema = "scene string, " + ", ".join(f"{k} int" for k in BLOCK_FIELDS)
     rdd = spark.sparkContext.parallelize(rows, task_count(spark, len(rows)))
     return spark.createDataFrame(rdd, schema)
 
@@ -209,8 +203,11 @@ def write_tile_files(
         errors.add,
     )
     lake.ensure(TABLES["tiles"])  # before executors write into its folder
-    blocks = blocks_frame(spark, infos, config)
-    return [r.asDict() for r in blocks.mapInArrow(writer, FILE_SCHEMA).collect()]
+    blocks = block_records(infos, config)
+    # A plain RDD job: nothing but small file records comes back, and a DataFrame job
+    # (rows to the JVM and back, Arrow) costs ~0.3 s more here (bench/ingest_bench.py).
+    rdd = spark.sparkContext.parallelize(blocks, task_count(spark, len(blocks)))
+    return rdd.mapPartitions(writer).collect()
 
 
 def scenes_frame(

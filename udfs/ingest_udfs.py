@@ -209,36 +209,32 @@ def make_tile_file_writer(
     resampling: str,
     zstd_level: int,
     report_error: Callable[[list[dict[str, Any]]], None],
-) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """Build the mapInArrow function that writes each block's tiles as one Parquet file.
+) -> Callable[[Iterable[dict[str, Any]]], Iterator[dict[str, Any]]]:
+    """Build the RDD ``mapPartitions`` function that writes each block's tiles as one
+    Parquet file.
 
-    Pixels never cross into the JVM: the Python worker writes the file (ZSTD at
-    ``zstd_level``) under ``table_path/<col>=<value>/...`` and returns one small record per
-    file (relative path, size, partition values, statistics) for the driver to commit.
+    Input records are read blocks (``scene`` recipe JSON + window, see
+    :func:`pipelines.ingest.block_records`). Pixels never cross into the JVM: the Python
+    worker writes the file (ZSTD at ``zstd_level``) under ``table_path/<col>=<value>/...``
+    and returns one small :data:`FILE_SCHEMA` record per file for the driver to commit.
     """
     data_schema = pa.schema([f for f in schema if f.name not in partition_by])
 
-    def write_files(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        out = []
+    def write_files(blocks: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         datasets: dict[str, Any] = {}  # files stay open across the task's blocks
         with rasterio.Env(**GDAL_ENV), _closing(datasets):
-            for batch in batches:
-                for rec in batch.to_pylist():
-                    scene = json.loads(rec["scene"])
-                    block = ReadBlock(*(rec[k] for k in ReadBlock.__dataclass_fields__))
-                    try:
-                        rows = tiles_from_block(
-                            scene, block, tile_size, overlap, resampling, datasets
-                        )
-                    except SceneError as e:
-                        report_error([scene_error_row(e)])
-                        continue
-                    if not rows:
-                        continue
-                    parts = {p: str(scene[p]) for p in partition_by}
-                    table = pa.Table.from_pylist(rows, schema=data_schema)
-                    out.append(write_table_file(table_path, table, parts, TILE_KEYS, zstd_level))
-        if out:
-            yield pa.RecordBatch.from_pylist(out)
+            for rec in blocks:
+                scene = json.loads(rec["scene"])
+                block = ReadBlock(*(rec[k] for k in ReadBlock.__dataclass_fields__))
+                try:
+                    rows = tiles_from_block(scene, block, tile_size, overlap, resampling, datasets)
+                except SceneError as e:
+                    report_error([scene_error_row(e)])
+                    continue
+                if not rows:
+                    continue
+                parts = {p: str(scene[p]) for p in partition_by}
+                table = pa.Table.from_pylist(rows, schema=data_schema)
+                yield write_table_file(table_path, table, parts, TILE_KEYS, zstd_level)
 
     return write_files

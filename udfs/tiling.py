@@ -136,7 +136,9 @@ def window_bounds(
 
 def encode_array(arr: np.ndarray) -> bytes:
     """Raw little-endian C-order bytes of a 2-D array (see module docstring)."""
-    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+    # One copy: tobytes of a (strided) tile view writes C order directly; astype is a
+    # no-op on little-endian hosts.
+    return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
 
 
 def decode_array(buf: bytes, dtype: str, height: int, width: int) -> np.ndarray:
