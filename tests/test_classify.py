@@ -446,3 +446,16 @@ def test_landsat_scene_classified_by_a_model_trained_on_both_sensors(spark, demo
     expected[ok] = result.model.predict(X[ok])
     got = np.frombuffer(p.classes, np.uint8).reshape(p.height, p.width)
     np.testing.assert_array_equal(got, expected.reshape(scene.shape)[: p.height, : p.width])
+
+
+def test_balanced_groups_split_files_by_size():
+    from pipelines.features import balanced_groups
+
+    sizes = {"a": 10, "b": 9, "c": 5, "d": 4, "e": 1, "f": 1}
+    groups = balanced_groups(sizes, 2)
+    assert sorted(x for g in groups for x in g) == sorted(sizes)  # each file exactly once
+    totals = sorted(sum(sizes[x] for x in g) for g in groups)
+    assert totals == [15, 15]
+    assert all(g == sorted(g) for g in groups)
+    assert balanced_groups({"a": 1}, 4) == [["a"]]  # no empty groups
+    assert balanced_groups({}, 2) == []
