@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -31,15 +32,20 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
 from pipelines.config import Config, load_config
-from pipelines.datamodel import MODELS, PREDICTIONS, TILE_PREDICTIONS
+from pipelines.datamodel import MODELS, PREDICTIONS, TABLES, TILE_PREDICTIONS
 from pipelines.discover import discover
-from pipelines.features import features, scene_table, tile_input
+from pipelines.features import features, file_groups, scene_table, tile_input, use_file_reader
 from pipelines.ingest import ingest
 from pipelines.lakehouse import Lakehouse
 from pipelines.runs import ListParam, Run, phase, run_stage
 from udfs.errors import ConfigError, SceneError
 from udfs.feature_udfs import TILE_COLUMNS
-from udfs.inference_udfs import GEO_COLUMNS, ModelRef, make_tile_classifier
+from udfs.inference_udfs import (
+    GEO_COLUMNS,
+    ModelRef,
+    make_tile_classifier,
+    make_tile_classifier_writer,
+)
 from udfs.models import (
     METADATA,
     ModelBundle,
@@ -134,6 +140,22 @@ def model_row(bundle: ModelBundle, sha256: str) -> dict[str, Any]:
     }
 
 
+def register_model(spark: SparkSession, lake: Lakehouse, bundle: ModelBundle, sha: str) -> None:
+    """Add the bundle's ``models`` row unless its id is there (local tables: no Spark job)."""
+    row = model_row(bundle, sha)
+    if not (lake.local and lake.format == "delta"):
+        lake.merge("models", spark.createDataFrame([row], MODELS))
+        return
+    import deltalake
+
+    path = lake.local_path("models")
+    if lake.exists("models"):
+        ids = deltalake.DeltaTable(path).to_pyarrow_table(columns=["model_id"]).column(0)
+        if bundle.model_id in ids.to_pylist():
+            return
+    lake.append_arrow("models", pa.Table.from_pylist([row], schema=to_arrow_schema(MODELS)))
+
+
 # ----------------------------------------------------------------------------- transforms
 
 
@@ -186,6 +208,65 @@ def classified_frame(
     return source.mapInArrow(classify_fn, CLASSIFIED)
 
 
+def merge_frames(
+    spark: SparkSession,
+    lake: Lakehouse,
+    run: Run,
+    todo: dict[str, dict[str, Any]],
+    model: ModelRef,
+    errors: Any,
+) -> None:
+    """Tables anywhere (object stores): results through Spark, MERGEd into both tables."""
+    frame = classified_frame(spark, lake, run, todo, model, errors)
+    # Both tables come from one pass over the pixels: cache the (small) results.
+    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        lake.merge("predictions", frame)
+        # tile_predictions last: a scene counts as done once its counts are written.
+        lake.merge("tile_predictions", frame)
+    finally:
+        frame.unpersist()
+
+
+def write_files(
+    spark: SparkSession,
+    lake: Lakehouse,
+    run: Run,
+    todo: dict[str, dict[str, Any]],
+    model: ModelRef,
+    errors: Any,
+) -> None:
+    """Local tables: workers write ``predictions`` files, the driver commits them, then
+    appends ``tile_predictions``; no DataFrame job (see ``ingest.writer``)."""
+    # Rows a stopped run may have committed for these scenes (their counts were not
+    # written, so they are planned again): removed, so the key stays unique.
+    lake.delete_where(
+        "predictions", (F.col("model_id") == model.model_id) & F.col("scene_id").isin(list(todo))
+    )
+    lake.ensure(TABLES["predictions"])  # before executors write into its folder
+    writer = make_tile_classifier_writer(
+        todo,
+        model,
+        {"run_id": run.run_id},
+        to_arrow_schema(PREDICTIONS),
+        TILE_PREDICTIONS.fieldNames(),
+        lake.local_path("predictions"),
+        run.config.storage.zstd_level,
+        errors.add,
+    )
+    groups = file_groups(spark, lake, list(todo))
+    out = (
+        spark.sparkContext.parallelize(groups, max(1, len(groups)))
+        .mapPartitions(lambda part: writer(p for g in part for p in g))
+        .collect()
+    )
+    lake.commit_files("predictions", [o["file"] for o in out if "file" in o])
+    # tile_predictions last: a scene counts as done once its counts are written.
+    tiles = [o["tile"] for o in out if "tile" in o]
+    table = pa.Table.from_pylist(tiles, schema=to_arrow_schema(TILE_PREDICTIONS))
+    lake.append_arrow("tile_predictions", table, run.config.storage.zstd_level)
+
+
 def classify(spark: SparkSession, lake: Lakehouse, run: Run, bundle: ModelBundle) -> Run:
     """Classify every scene ``bundle`` has not classified yet into the prediction tables."""
     with phase("plan"):
@@ -193,7 +274,8 @@ def classify(spark: SparkSession, lake: Lakehouse, run: Run, bundle: ModelBundle
         check_data(bundle, [v["sensor"] for v in todo.values()])
         run.seen = sum(v["n_tiles"] or 0 for v in todo.values())
     sha = model_sha256(bundle)
-    lake.merge("models", spark.createDataFrame([model_row(bundle, sha)], MODELS))
+    with phase("register model"):
+        register_model(spark, lake, bundle, sha)
     errors = spark.sparkContext.accumulator([], ListParam())
     if todo:
         blob = spark.sparkContext.broadcast(bundle.model_path.read_bytes())
@@ -205,17 +287,13 @@ def classify(spark: SparkSession, lake: Lakehouse, run: Run, bundle: ModelBundle
             tuple(int(c) for c in bundle.model_classes),
             blob,
         )
-        frame = classified_frame(spark, lake, run, todo, model, errors)
-        # Both tables come from one pass over the pixels: cache the (small) results.
-        frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             with phase(f"classify {len(todo)} scene(s) with {bundle.model_id}"):
-                lake.merge("predictions", frame)
-            # tile_predictions last: a scene counts as done once its counts are written.
-            with phase("tile_predictions"):
-                lake.merge("tile_predictions", frame)
+                if use_file_reader(run.config.classify.reader, lake):
+                    write_files(spark, lake, run, todo, model, errors)
+                else:
+                    merge_frames(spark, lake, run, todo, model, errors)
         finally:
-            frame.unpersist()
             blob.unpersist()
     # The accumulator may see a tile twice if Spark re-runs a task: one record per tile.
     rejected = list({e["href"]: e for e in errors.value}.values())

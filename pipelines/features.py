@@ -104,6 +104,12 @@ def balanced_groups(sizes: dict[str, int], n: int) -> list[list[str]]:
     return [sorted(g) for g in groups if g]
 
 
+def file_groups(spark: SparkSession, lake: Lakehouse, scene_ids: list[str]) -> list[list[str]]:
+    """The ``tiles`` files of these scenes in one group per task, balanced by size."""
+    paths = tile_files(lake, scene_ids)
+    return balanced_groups({p: os.path.getsize(p) for p in paths}, task_count(spark, len(paths)))
+
+
 def tile_input(
     spark: SparkSession, lake: Lakehouse, reader: str, scene_ids: list[str], columns: Any
 ) -> tuple[DataFrame, bool]:
@@ -114,15 +120,10 @@ def tile_input(
     through Spark and ``False``. See ``features.reader``.
     """
     if use_file_reader(reader, lake):
-        paths = tile_files(lake, scene_ids)
-        groups = balanced_groups(
-            {p: os.path.getsize(p) for p in paths}, task_count(spark, len(paths))
-        )
+        groups = file_groups(spark, lake, scene_ids)
         # One group per partition: parallelize gives each of n items its own partition.
-        rdd = spark.sparkContext.parallelize(groups, len(groups)).flatMap(
-            lambda g: [(p,) for p in g]
-        )
-        return spark.createDataFrame(rdd, "path string"), True
+        rdd = spark.sparkContext.parallelize(groups, max(1, len(groups)))
+        return spark.createDataFrame(rdd.flatMap(lambda g: [(p,) for p in g]), "path string"), True
     tiles = lake.read("tiles").filter(F.col("scene_id").isin(scene_ids))
     return tiles.select(*columns), False
 

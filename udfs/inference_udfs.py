@@ -124,3 +124,40 @@ def make_tile_classifier(
                 yield pa.RecordBatch.from_pylist(rows, schema=schema)
 
     return classify
+
+
+def make_tile_classifier_writer(
+    scenes: Mapping[str, Mapping[str, Any]],
+    model: ModelRef,
+    extra: Mapping[str, Any],
+    predictions_schema: pa.Schema,
+    tile_fields: Sequence[str],
+    table_path: str,
+    zstd_level: int,
+    report_error: Callable[[list[dict[str, Any]]], None],
+) -> Callable[[Iterable[str]], Iterator[dict[str, Any]]]:
+    """RDD ``mapPartitions`` function: tiles Parquet files -> ``predictions`` files + rows.
+
+    For each input file the worker classifies its tiles, writes their ``predictions`` rows
+    as one Parquet file under ``table_path/model_id=<id>/`` (rasters never pass through
+    the JVM) and yields ``{"file": record}`` (:data:`udfs.ingest_udfs.FILE_SCHEMA`, for the
+    driver to commit) and one ``{"tile": row}`` per tile with the ``tile_fields`` of
+    ``tile_predictions``.
+    """
+    from udfs.ingest_udfs import TILE_KEYS, write_table_file
+
+    columns = (*TILE_COLUMNS, *GEO_COLUMNS)
+    data_schema = pa.schema([f for f in predictions_schema if f.name != "model_id"])
+
+    def classify(paths: Iterable[str]) -> Iterator[dict[str, Any]]:
+        for tiles in tile_tables([pa.record_batch({"path": list(paths)})], True, columns):
+            rows = classified_rows(tiles.to_pylist(), scenes, model, extra, report_error)
+            if not rows:
+                continue
+            table = pa.Table.from_pylist(rows, schema=data_schema)
+            parts = {"model_id": model.model_id}
+            yield {"file": write_table_file(table_path, table, parts, TILE_KEYS, zstd_level)}
+            for r in rows:
+                yield {"tile": {k: r[k] for k in tile_fields}}
+
+    return classify

@@ -190,7 +190,11 @@ def write_table_file(
     pq.write_table(table, full, compression="zstd", compression_level=zstd_level)
     st = os.stat(full)
     return {
-        "scene_id": table.column("scene_id")[0].as_py() if table.num_rows else None,
+        "scene_id": (
+            table.column("scene_id")[0].as_py()
+            if table.num_rows and "scene_id" in table.column_names
+            else None
+        ),
         "path": rel,
         "size": st.st_size,
         "modification_time": int(st.st_mtime * 1000),
