@@ -195,7 +195,9 @@ class ClassifyConfig:
     ingest: str = "auto"
     #: Recompute predictions this model already made (e.g. after a changed bundle).
     rebuild: bool = False
-    #: Like ``features.reader``: ``arrow`` reads tiles' Parquet files in the workers.
+    #: ``arrow``: workers read the tiles' Parquet files and write the ``predictions`` files,
+    #: committed by the driver (local tables); ``spark``: tiles read and results MERGEd
+    #: through Spark (any storage); ``auto``: ``arrow`` for local tables.
     reader: str = "auto"
 
     def __post_init__(self) -> None:
