@@ -210,11 +210,8 @@ def write_tile_files(
     return rdd.mapPartitions(writer).collect()
 
 
-def scenes_frame(
-    spark: SparkSession, run: Run, infos: list[dict[str, Any]], as_rows: bool = False
-) -> Any:
-    """``scenes`` rows for the scenes whose every tile was written (a DataFrame, or with
-    ``as_rows`` the row dicts)."""
+def scene_rows(run: Run, infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``scenes`` rows for the scenes whose every tile was written."""
     ing = run.config.ingest
     now = datetime.now(timezone.utc)
     rows = []
@@ -235,9 +232,7 @@ def scenes_frame(
                 "ingested_at": now,
             }
         )
-    if as_rows:
-        return rows
-    return spark.createDataFrame(rows, SCENES)
+    return rows
 
 
 # ----------------------------------------------------------------------------- the job
@@ -293,20 +288,16 @@ def ingest(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
     for e in {e["scene_id"]: e for e in errors.value}.values():
         run.rejected.append(e)
     good = [i for i in infos if i["scene_id"] not in failed]
+    rows = scene_rows(run, good)
     with phase("write scenes"):
-        if good and use_arrow_writer(config, lake):
+        if rows and use_arrow_writer(config, lake):
             # New by construction (skip_ingested): an append without a Spark job.
-            rows = scenes_frame(spark, run, good, as_rows=True)
             table = pa.Table.from_pylist(rows, schema=to_arrow_schema(SCENES))
             lake.append_arrow("scenes", table, config.storage.zstd_level)
-        elif good:
-            lake.merge("scenes", scenes_frame(spark, run, good))
-    run.ingested = [i["scene_id"] for i in good]
-    run.tiles_written = sum(
-        tile_grid_shape(i["height"], i["width"], config.ingest.tile_size)[0]
-        * tile_grid_shape(i["height"], i["width"], config.ingest.tile_size)[1]
-        for i in good
-    )
+        elif rows:
+            lake.merge("scenes", spark.createDataFrame(rows, SCENES))
+    run.ingested = [r["scene_id"] for r in rows]
+    run.tiles_written = sum(r["n_tiles"] for r in rows)
     check_strict(run)
     return run
 

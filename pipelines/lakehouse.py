@@ -156,40 +156,23 @@ class Lakehouse:
             pass
 
     def append_arrow(self, name: str, table: pa.Table, zstd_level: int = 1) -> None:
-        """Append an Arrow table of rows new by construction (local tables only).
+        """Append an Arrow table of rows new by construction to an unpartitioned local table.
 
-        One Parquet file per partition value, written here and committed in one transaction
-        by :meth:`commit_files`: no Spark job, which for a few rows costs more than the
-        write. The caller guarantees the keys are not in the table yet.
+        One Parquet file, written here and committed by :meth:`commit_files`: no Spark job,
+        which for a few rows costs more than the write. The caller guarantees the keys are
+        not in the table yet.
         """
-        import pyarrow.compute as pc
-
         from udfs.ingest_udfs import write_table_file
 
         spec = TABLES[name]
-        if not self.local:
-            raise ValueError(f"append_arrow writes local tables only, not {self.root}")
+        if not self.local or spec.partition_by:
+            raise ValueError(f"append_arrow writes unpartitioned local tables, not {name}")
         if table.num_rows == 0:
             return
         self.ensure(spec)
         os.makedirs(self.local_path(name), exist_ok=True)
-        parts = spec.partition_by
-        data = table.select([f for f in table.column_names if f not in parts])
-        groups = (
-            table.select(list(parts)).group_by(list(parts)).aggregate([]).to_pylist()
-            if parts
-            else [{}]
-        )
-        files = []
-        for values in groups:
-            mask = None
-            for k, v in values.items():
-                m = pc.equal(table.column(k), v)
-                mask = m if mask is None else pc.and_(mask, m)
-            sub = data if mask is None else data.filter(mask)
-            pv = {k: str(v) for k, v in values.items()}
-            files.append(write_table_file(self.local_path(name), sub, pv, spec.key, zstd_level))
-        self.commit_files(name, files)
+        record = write_table_file(self.local_path(name), table, {}, spec.key, zstd_level)
+        self.commit_files(name, [record])
 
     def delete(self, name: str, column: str, values: list[str]) -> None:
         """Delete the rows whose ``column`` is in ``values`` (Delta only; Parquet rewrites)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -26,13 +27,18 @@ def tile_tables(
     ``columns`` of the ``tiles`` Parquet files named in a ``path`` column, read one row
     group at a time (pixels then never pass through the JVM)."""
     for batch in batches:
-        if not from_files:
+        if from_files:
+            yield from file_row_groups(batch.column("path").to_pylist(), columns)
+        else:
             yield batch
-            continue
-        for path in batch.column("path").to_pylist():
-            pf = pq.ParquetFile(path)
-            for rg in range(pf.num_row_groups):
-                yield pf.read_row_group(rg, columns=list(columns))
+
+
+def file_row_groups(paths: Iterable[str], columns: Sequence[str]) -> Iterator[pa.Table]:
+    """The ``columns`` of ``tiles`` Parquet files, one row group at a time."""
+    for path in paths:
+        pf = pq.ParquetFile(path)
+        for rg in range(pf.num_row_groups):
+            yield pf.read_row_group(rg, columns=list(columns))
 
 
 def bad_tile(row: Mapping[str, Any], stage: str, error: Exception) -> dict[str, Any]:
@@ -44,6 +50,26 @@ def bad_tile(row: Mapping[str, Any], stage: str, error: Exception) -> dict[str, 
         "error_class": "BadTile",
         "reason": f"tile ({row['tile_row']}, {row['tile_col']}): {error}",
     }
+
+
+def decoded_tiles(
+    rows: Iterable[Mapping[str, Any]],
+    scenes: Mapping[str, Mapping[str, Any]],
+    stage: str,
+    errors: list[dict[str, Any]],
+) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any], dict[str, np.ndarray]]]:
+    """``(row, scene, DN arrays)`` of the tile rows of the scenes in ``scenes`` (others
+    skipped); a tile whose arrays cannot be decoded goes to ``errors`` (:func:`bad_tile`)."""
+    for row in rows:
+        scene = scenes.get(row["scene_id"])
+        if scene is None:
+            continue
+        try:
+            dn = decode_tile(row, scene["sensor"])
+        except TileDataError as e:
+            errors.append(bad_tile(row, stage, e))
+            continue
+        yield row, scene, dn
 
 
 def _scaling(scene: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
@@ -59,17 +85,9 @@ def feature_rows(
     report_error: Callable[[list[dict[str, Any]]], None],
 ) -> list[dict[str, Any]]:
     """``tile_features`` rows for tile rows of the scenes in ``scenes`` (others skipped)."""
-    out = []
-    errors = []
-    for row in rows:
-        scene = scenes.get(row["scene_id"])
-        if scene is None:
-            continue
-        try:
-            dn = decode_tile(row, scene["sensor"])
-        except TileDataError as e:
-            errors.append(bad_tile(row, "features", e))
-            continue
+    out: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    for row, scene, dn in decoded_tiles(rows, scenes, "features", errors):
         f = tile_features(scene["sensor"], dn, _scaling(scene), indices)
         cloud = f["cloud_fraction"]
         out.append(
@@ -129,14 +147,8 @@ def make_pixel_reader(
 
     def explode(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            for row in batch.to_pylist():
-                scene = scenes.get(row["scene_id"])
-                if scene is None:
-                    continue
-                try:
-                    dn = decode_tile(row, scene["sensor"])
-                except TileDataError:
-                    continue  # the features job rejects such tiles with a reason
+            # Undecodable tiles are left out: the features job rejects them with a reason.
+            for row, scene, dn in decoded_tiles(batch.to_pylist(), scenes, "pixels", []):
                 cols = pixel_table(scene["sensor"], dn, _scaling(scene), indices)
                 n = len(cols["row"])
                 if n == 0:

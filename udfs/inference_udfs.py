@@ -14,8 +14,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from udfs.feature_udfs import TILE_COLUMNS, _scaling, bad_tile, tile_tables
-from udfs.features import TileDataError, decode_tile
+from udfs.feature_udfs import (
+    TILE_COLUMNS,
+    _scaling,
+    decoded_tiles,
+    file_row_groups,
+    tile_tables,
+)
 from udfs.inference import class_dtype, classify_tile
 from udfs.models import predict_with_session, session_from_bytes
 
@@ -63,17 +68,10 @@ def classified_rows(
     report_error: Callable[[list[dict[str, Any]]], None],
 ) -> list[dict[str, Any]]:
     """One output row per tile (``predictions`` + ``tile_predictions`` columns)."""
-    out, errors = [], []
+    out: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
     dtype = class_dtype(model.codes)
-    for row in rows:
-        scene = scenes.get(row["scene_id"])
-        if scene is None:
-            continue
-        try:
-            dn = decode_tile(row, scene["sensor"])
-        except TileDataError as e:
-            errors.append(bad_tile(row, "classify", e))
-            continue
+    for row, scene, dn in decoded_tiles(rows, scenes, "classify", errors):
         r = classify_tile(
             scene["sensor"],
             dn,
@@ -150,7 +148,7 @@ def make_tile_classifier_writer(
     data_schema = pa.schema([f for f in predictions_schema if f.name != "model_id"])
 
     def classify(paths: Iterable[str]) -> Iterator[dict[str, Any]]:
-        for tiles in tile_tables([pa.record_batch({"path": list(paths)})], True, columns):
+        for tiles in file_row_groups(paths, columns):
             rows = classified_rows(tiles.to_pylist(), scenes, model, extra, report_error)
             if not rows:
                 continue

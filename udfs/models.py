@@ -413,12 +413,13 @@ def predict_pixels(
     bundle: ModelBundle, X: ArrayLike
 ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
     """Classify pixels with an ONNX bundle (see :func:`predict_with_session`)."""
-    if np.asarray(X).ndim != 2 or np.asarray(X).shape[1] != len(bundle.feature_names):
+    x = np.asarray(X)
+    if x.ndim != 2 or x.shape[1] != len(bundle.feature_names):
         raise ModelError(
             f"model {bundle.model_id}: expected a (n, {len(bundle.feature_names)}) feature "
-            f"matrix ({', '.join(bundle.feature_names)}), got shape {np.asarray(X).shape}"
+            f"matrix ({', '.join(bundle.feature_names)}), got shape {x.shape}"
         )
-    return predict_with_session(lambda: onnx_session(bundle), bundle.model_classes, X)
+    return predict_with_session(lambda: onnx_session(bundle), bundle.model_classes, x)
 
 
 def predict_with_session(
