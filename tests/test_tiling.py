@@ -7,6 +7,7 @@ from udfs.tiling import (
     decode_mask,
     encode_array,
     encode_mask,
+    encode_tiles,
     plan_read_blocks,
     tile_grid_shape,
     tile_transform,
@@ -80,3 +81,22 @@ def test_decode_refuses_wrong_size():
 def test_mask_roundtrip():
     m = np.random.default_rng(1).random((13, 11)) > 0.5
     np.testing.assert_array_equal(decode_mask(encode_mask(m), 13, 11), m)
+
+
+@pytest.mark.parametrize("dtype", ["<u2", ">u2", "u1"])
+def test_encode_tiles_equals_encoding_each_tile(dtype):
+    rng = np.random.default_rng(4)
+    block = rng.integers(0, 255, (70, 53)).astype(dtype)
+    # Full, clipped and overlapping tiles of the block, and a 1-pixel one.
+    cuts = [(0, 0, 32, 32), (0, 32, 32, 21), (24, 24, 40, 29), (64, 0, 6, 53), (69, 52, 1, 1)]
+    col = encode_tiles(block, cuts, np.dtype("uint16"))
+    assert len(col) == len(cuts) and col.null_count == 0
+    for (r, c, h, w), got in zip(cuts, col.to_pylist(), strict=True):
+        want = encode_array(block[r : r + h, c : c + w].astype(np.uint16))
+        assert got == want
+        np.testing.assert_array_equal(decode_array(got, "uint16", h, w), block[r : r + h, c : c + w])
+
+
+def test_encode_tiles_of_no_tiles_is_an_empty_column():
+    col = encode_tiles(np.zeros((4, 4), np.uint16), [], np.dtype("uint16"))
+    assert len(col) == 0

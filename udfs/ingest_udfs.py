@@ -23,7 +23,14 @@ from rasterio.warp import transform_bounds
 from udfs.errors import SceneError
 from udfs.reader import GDAL_ENV, SceneSource, inspect_scene, read_block, scene_error_row
 from udfs.sensors import BAND_COLUMNS, SENSORS
-from udfs.tiling import ReadBlock, encode_array, encode_mask
+from udfs.tiling import (
+    ReadBlock,
+    block_tiles,
+    encode_mask,
+    encode_tiles,
+    tile_transform,
+    window_bounds,
+)
 
 INSPECT_SCHEMA = "scene_id string, info string, error string"
 TILE_KEYS = ("scene_id", "tile_row", "tile_col")
@@ -58,49 +65,60 @@ def _json_default(v: Any) -> Any:
     raise TypeError(type(v))
 
 
-def tiles_from_block(
+def block_table(
     scene: dict[str, Any],
     block: ReadBlock,
     tile_size: int,
     overlap: int,
     resampling: str,
+    schema: pa.Schema,
     datasets: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Read one block and build the ``tiles`` rows (pixel columns encoded) for it."""
+) -> pa.Table:
+    """Read one block and build its ``tiles`` rows (pixel columns encoded), row-major.
+
+    ``schema`` is the Arrow schema of the rows (``tiles``, or ``tiles`` without its
+    partition columns). Pixel columns are built column-wise from the block arrays
+    (:func:`udfs.tiling.encode_tiles`); columns the sensor lacks are null.
+    """
     sensor = SENSORS[scene["sensor"]]
-    refl_cols = [b.common for b in sensor.reflectance_bands]
     dtype = np.result_type(*[np.dtype(b["dtype"]) for b in scene["bands"]])
+    arrays = read_block(scene, block, resampling, datasets)
+    windows = block_tiles(block, scene["height"], scene["width"], tile_size, overlap)
+    cuts = [
+        (w.row_off - block.row_off, w.col_off - block.col_off, w.height, w.width) for w in windows
+    ]
+    valid = np.ones((block.height, block.width), dtype=bool)
+    for b in sensor.reflectance_bands:
+        valid &= arrays[b.common] != sensor.nodata
+    tile_valid = [valid[r : r + h, c : c + w] for r, c, h, w in cuts]
+    grid = tuple(scene["transform"])
+    bounds = [window_bounds(grid, w.row_off, w.col_off, w.height, w.width) for w in windows]
     crs = CRS.from_wkt(scene["crs_wkt"])
-    rows = []
-    for tile in read_block(scene, block, tile_size, overlap, resampling, datasets):
-        arrays = tile["arrays"]
-        valid = np.ones((tile["window"].height, tile["window"].width), dtype=bool)
-        for c in refl_cols:
-            valid &= arrays[c] != sensor.nodata
-        w = tile["window"]
-        row = {
-            "scene_id": scene["scene_id"],
-            "tile_row": w.tile_row,
-            "tile_col": w.tile_col,
-            "sensor": scene["sensor"],
-            "acquired_date": date.fromisoformat(scene["acquired_date"]),
-            "acq_month": scene["acq_month"],
-            "crs_epsg": scene["crs_epsg"],
-            "transform": list(tile["transform"]),
-            "bounds": list(tile["bounds"]),
-            "bbox_wgs84": list(transform_bounds(crs, "EPSG:4326", *tile["bounds"], densify_pts=5)),
-            "row_off": w.row_off,
-            "col_off": w.col_off,
-            "width": w.width,
-            "height": w.height,
-            "dtype": dtype.name,
-            "valid_fraction": float(valid.mean()),
-            "valid": encode_mask(valid),
-        }
-        for c in BAND_COLUMNS:
-            row[c] = encode_array(arrays[c].astype(dtype, copy=False)) if c in arrays else None
-        rows.append(row)
-    return rows
+    n = len(windows)
+    columns: dict[str, Any] = {
+        "scene_id": [scene["scene_id"]] * n,
+        "tile_row": [w.tile_row for w in windows],
+        "tile_col": [w.tile_col for w in windows],
+        "sensor": [scene["sensor"]] * n,
+        "acquired_date": [date.fromisoformat(scene["acquired_date"])] * n,
+        "acq_month": [scene["acq_month"]] * n,
+        "crs_epsg": [scene["crs_epsg"]] * n,
+        "transform": [list(tile_transform(grid, w.row_off, w.col_off)) for w in windows],
+        "bounds": [list(b) for b in bounds],
+        "bbox_wgs84": [list(transform_bounds(crs, "EPSG:4326", *b, densify_pts=5)) for b in bounds],
+        "row_off": [w.row_off for w in windows],
+        "col_off": [w.col_off for w in windows],
+        "width": [w.width for w in windows],
+        "height": [w.height for w in windows],
+        "dtype": [dtype.name] * n,
+        "valid_fraction": [float(v.mean()) for v in tile_valid],
+        "valid": [encode_mask(v) for v in tile_valid],
+    }
+    for c in BAND_COLUMNS:
+        columns[c] = (
+            encode_tiles(arrays[c], cuts, dtype) if c in arrays else pa.nulls(n, pa.binary())
+        )
+    return pa.Table.from_pydict({f.name: columns[f.name] for f in schema}, schema=schema)
 
 
 def make_tile_reader(
@@ -128,12 +146,11 @@ def make_tile_reader(
                     scene = json.loads(rec["scene"])
                     block = ReadBlock(*(rec[k] for k in ReadBlock.__dataclass_fields__))
                     try:
-                        rows = tiles_from_block(scene, block, tile_size, overlap, resampling)
+                        table = block_table(scene, block, tile_size, overlap, resampling, schema)
                     except SceneError as e:
                         report_error([scene_error_row(e)])
                         continue
-                    if rows:
-                        yield pa.RecordBatch.from_pylist(rows, schema=schema)
+                    yield from table.to_batches()
 
     return read_tiles
 
@@ -231,14 +248,15 @@ def make_tile_file_writer(
                 scene = json.loads(rec["scene"])
                 block = ReadBlock(*(rec[k] for k in ReadBlock.__dataclass_fields__))
                 try:
-                    rows = tiles_from_block(scene, block, tile_size, overlap, resampling, datasets)
+                    table = block_table(
+                        scene, block, tile_size, overlap, resampling, data_schema, datasets
+                    )
                 except SceneError as e:
                     report_error([scene_error_row(e)])
                     continue
-                if not rows:
+                if not table.num_rows:
                     continue
                 parts = {p: str(scene[p]) for p in partition_by}
-                table = pa.Table.from_pylist(rows, schema=data_schema)
                 yield write_table_file(table_path, table, parts, TILE_KEYS, zstd_level)
 
     return write_files

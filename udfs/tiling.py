@@ -15,9 +15,11 @@ valid-pixel mask of the same shape.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,42 @@ def encode_array(arr: np.ndarray) -> bytes:
     # One copy: tobytes of a (strided) tile view writes C order directly; astype is a
     # no-op on little-endian hosts.
     return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
+
+
+def encode_tiles(
+    block: np.ndarray, cuts: Sequence[tuple[int, int, int, int]], dtype: np.dtype
+) -> pa.Array:
+    """Encode many tiles of one block as a ``binary`` Arrow column, one element per tile.
+
+    Element ``i`` equals ``encode_array(block[r:r+h, c:c+w].astype(dtype))`` for
+    ``cuts[i] == (r, c, h, w)`` (offsets in pixels within ``block``). Every tile is copied
+    once, straight into one contiguous tile-major buffer that Arrow then uses as is: no
+    per-tile ``bytes`` object and no second copy when the column is built (per-tile bytes
+    cost ~10 % of the ingest CPU time).
+
+    Parameters
+    ----------
+    block : ndarray, shape (H, W)
+        Pixels of the read block, any numeric dtype.
+    cuts : sequence of (row, col, height, width)
+        Tile windows relative to the block (may overlap).
+    dtype : numpy dtype
+        Dtype of the stored pixels (stored little-endian).
+    """
+    dt = np.dtype(dtype).newbyteorder("<")
+    sizes = np.array([h * w for _, _, h, w in cuts], dtype=np.int64)
+    offsets = np.zeros(len(cuts) + 1, dtype=np.int64)
+    np.cumsum(sizes * dt.itemsize, out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        raise ValueError(f"block of {offsets[-1]} bytes is too large for a binary column")
+    buf = np.empty(int(sizes.sum()), dtype=dt)
+    start = 0
+    for (r, c, h, w), n in zip(cuts, sizes, strict=True):
+        buf[start : start + n].reshape(h, w)[...] = block[r : r + h, c : c + w]
+        start += int(n)
+    return pa.BinaryArray.from_buffers(
+        pa.binary(), len(cuts), [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(buf)]
+    )
 
 
 def decode_array(buf: bytes, dtype: str, height: int, width: int) -> np.ndarray:
