@@ -112,8 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         features(spark, lake, Run(config, job="features"))
         lakes[name] = (config, lake)
     config, lake = lakes["demo"]
+    # 512 px blocks (5 km) for full-size scenes; smaller scenes need smaller blocks to
+    # leave pixels on both sides of the spatial split.
+    block_px = max(32, min(512, args.size // 8))
     result = train_model(
-        spark, lake, config, work / "demo" / "labels.geojson", model_out=work / "model"
+        spark,
+        lake,
+        config,
+        work / "demo" / "labels.geojson",
+        block_px=block_px,
+        model_out=work / "model",
     )
     bundle = load_bundle(result.bundle_path)
 

@@ -2,8 +2,9 @@
 
 Flow of :func:`main`: load config -> start Spark -> discover scenes (driver, listing only)
 -> skip scenes already ingested with the same tiling -> inspect headers and metadata
-(executors) -> plan read blocks (driver) -> read, resample and cut tiles, write them
-(executors) -> commit tiles in one transaction -> MERGE scenes -> record rejected inputs
+(driver for up to one scene per core, else executors) -> plan read blocks, grouped into
+one task per core by area (driver) -> read, resample and cut tiles, write them
+(executors) -> commit tiles in one transaction -> write scenes -> record rejected inputs
 and the run.
 
 Run with ``python -m pipelines.ingest`` or ``spark-submit pipelines/ingest.py``.

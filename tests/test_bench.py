@@ -1,0 +1,57 @@
+"""The benchmark scripts run end to end on a small generated scene.
+
+Only that they run and that both sides did the same work is checked (tile and pixel
+counts, class agreement); timings are printed by the scripts, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+
+def run_bench(name: str, workdir: Path, size: int = 256) -> dict:
+    """Run ``bench/<name>_bench.py`` in its own process; return the JSON it prints."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / f"{name}_bench.py"), "--size", str(size)]
+        + ["--workdir", str(workdir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    found = re.findall(r"^\{$.*?^\}$", proc.stdout, flags=re.M | re.S)
+    assert found, proc.stdout[-2000:]
+    return json.loads(found[-1])
+
+
+def test_ingest_bench_runs_both_sides_and_the_project_kernel(tmp_path):
+    out = run_bench("ingest", tmp_path, size=300)
+    # 300 px: a 2 x 2 tile grid with clipped edge tiles; 13 bands (12 reflectance + SCL).
+    assert out["tiles"] == 4 and out["band_pixels"] == 300 * 300 * 13
+    for key in ("baseline_s", "project_kernel_one_process_s", "spark_s"):
+        assert out[key] > 0
+    assert out["ratio_spark_over_baseline"] == pytest.approx(
+        out["baseline_s"] / out["spark_s"], abs=0.02 + 0.01 * out["ratio_spark_over_baseline"]
+    )
+
+
+def test_features_bench_runs(tmp_path):
+    out = run_bench("features", tmp_path)
+    assert out["tiles"] == 1 and out["baseline_s"] > 0 and out["spark_s"] > 0
+
+
+def test_classify_bench_classifies_every_valid_pixel(tmp_path):
+    out = run_bench("classify", tmp_path)
+    assert out["pixels"] > 0 and out["classified_by_job"] == out["pixels"]
+    assert out["onnx_sklearn_class_agreement"] >= 0.99
+    assert out["job_s"] > 0
