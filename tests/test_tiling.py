@@ -94,7 +94,9 @@ def test_encode_tiles_equals_encoding_each_tile(dtype):
     for (r, c, h, w), got in zip(cuts, col.to_pylist(), strict=True):
         want = encode_array(block[r : r + h, c : c + w].astype(np.uint16))
         assert got == want
-        np.testing.assert_array_equal(decode_array(got, "uint16", h, w), block[r : r + h, c : c + w])
+        np.testing.assert_array_equal(
+            decode_array(got, "uint16", h, w), block[r : r + h, c : c + w]
+        )
 
 
 def test_encode_tiles_of_no_tiles_is_an_empty_column():
