@@ -50,6 +50,8 @@ def with_base(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.B
             "spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_max_records_per_batch)
         )
         .config("spark.sql.adaptive.enabled", "true")
+        # tiles has 31 columns: without this every plan print warns that it was truncated.
+        .config("spark.sql.debug.maxToStringFields", "100")
     )
     if not under_spark_submit():
         # Executors' Python must be the driver's (the virtual environment). pyspark reads
