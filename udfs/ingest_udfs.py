@@ -76,9 +76,28 @@ def block_table(
 ) -> pa.Table:
     """Read one block and build its ``tiles`` rows (pixel columns encoded), row-major.
 
-    ``schema`` is the Arrow schema of the rows (``tiles``, or ``tiles`` without its
-    partition columns). Pixel columns are built column-wise from the block arrays
-    (:func:`udfs.tiling.encode_tiles`); columns the sensor lacks are null.
+    Parameters
+    ----------
+    scene : dict
+        Scene recipe (:func:`pipelines.ingest.block_records`): grid, bands, CRS, dates.
+    block : ReadBlock
+        Window of the scene grid (pixels) holding whole tiles.
+    tile_size, overlap : int
+        Tile side and overlap in pixels of the scene grid.
+    resampling : str
+        Method for coarser reflectance bands (quality bands: always nearest).
+    schema : pyarrow.Schema
+        Arrow schema of the rows: ``tiles``, or ``tiles`` without its partition columns.
+    datasets : dict, optional
+        href -> open dataset, kept open across blocks by the caller.
+
+    Returns
+    -------
+    pyarrow.Table
+        One row per tile. Band columns hold raw little-endian pixels of dtype ``dtype``
+        (DN, nodata = the sensor's nodata DN), built column-wise from the block arrays
+        (:func:`udfs.tiling.encode_tiles`); columns the sensor lacks are null. ``valid``
+        marks pixels that hold data in every reflectance band.
     """
     sensor = SENSORS[scene["sensor"]]
     dtype = np.result_type(*[np.dtype(b["dtype"]) for b in scene["bands"]])
