@@ -36,14 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipelines.config import load_config  # noqa: E402
-from pipelines.datamodel import TABLES, TILES  # noqa: E402
 from pipelines.demo import generate  # noqa: E402
 from pipelines.discover import discover  # noqa: E402
-from pipelines.ingest import block_records, ingest  # noqa: E402
+from pipelines.ingest import block_records, ingest, tile_file_writer  # noqa: E402
 from pipelines.lakehouse import Lakehouse  # noqa: E402
 from pipelines.runs import Run  # noqa: E402
 from pipelines.session import build_session  # noqa: E402
-from udfs.ingest_udfs import inspect_records, make_tile_file_writer  # noqa: E402
+from udfs.ingest_udfs import inspect_records  # noqa: E402
 
 BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12", "SCL"]
 
@@ -116,22 +115,10 @@ def baseline(safe: Path, out: Path, tile: int = 256, block: int = 1024, zstd_lev
 
 def project_kernel(source: Path, out: Path) -> int:
     """The job's executor code (inspect, read blocks, write tile files) in this process."""
-    from pyspark.sql.pandas.types import to_arrow_schema
-
     config = load_config("local", [f"ingest.source={source}"])
-    ing = config.ingest
     texts = [s.to_json() for s in discover(str(source))]
     infos = [json.loads(info) for _, info, _ in inspect_records(texts)]
-    writer = make_tile_file_writer(
-        str(out),
-        to_arrow_schema(TILES),
-        TABLES["tiles"].partition_by,
-        ing.tile_size,
-        ing.overlap,
-        ing.resampling,
-        config.storage.zstd_level,
-        report_error=print,
-    )
+    writer = tile_file_writer(config, str(out), report_error=print)
     return sum(f["n_tiles"] for f in writer(block_records(infos, config)))
 
 

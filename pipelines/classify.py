@@ -6,8 +6,9 @@ in the data (ingested, or about to be) can feed the model (a mismatch stops here
 written) -> ingest when asked or when ``tiles`` is missing -> features (incremental) ->
 classify the scenes this model has not classified yet: executors read tiles, compute the
 model's features, predict with the model loaded once per Python worker, and emit per tile
-a class raster, a confidence raster and class counts -> MERGE into ``predictions`` and
-``tile_predictions`` (keyed by model id, so models can be compared on the same tiles) ->
+a class raster, a confidence raster and class counts -> write ``predictions`` and
+``tile_predictions`` (keyed by model id, so models can be compared on the same tiles;
+local tables: the workers write the files and the driver commits them, else MERGE) ->
 record the model in ``models``, rejected tiles and the run.
 
 Run with ``spark-submit pipelines/classify.py`` (no arguments: the demo data and the
@@ -17,6 +18,7 @@ newest model under ``output/models``) or ``python -m pipelines.classify``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -35,7 +37,7 @@ from pipelines.config import Config, load_config
 from pipelines.datamodel import MODELS, PREDICTIONS, TABLES, TILE_PREDICTIONS
 from pipelines.discover import discover
 from pipelines.features import features, file_groups, scene_table, tile_input, use_file_reader
-from pipelines.ingest import ingest
+from pipelines.ingest import grouped_rdd, ingest
 from pipelines.lakehouse import Lakehouse
 from pipelines.runs import ListParam, Run, phase, run_stage
 from udfs.errors import ConfigError, SceneError
@@ -120,8 +122,6 @@ def data_sensors(config: Config, lake: Lakehouse, will_ingest: bool) -> list[str
 
 def model_row(bundle: ModelBundle, sha256: str) -> dict[str, Any]:
     """The ``models`` row of a bundle."""
-    import json
-
     meta = bundle.metadata
     return {
         "model_id": bundle.model_id,
@@ -255,11 +255,7 @@ def write_files(
         errors.add,
     )
     groups = file_groups(spark, lake, list(todo))
-    out = (
-        spark.sparkContext.parallelize(groups, max(1, len(groups)))
-        .mapPartitions(lambda part: writer(p for g in part for p in g))
-        .collect()
-    )
+    out = grouped_rdd(spark, groups).mapPartitions(writer).collect()
     lake.commit_files("predictions", [o["file"] for o in out if "file" in o])
     # tile_predictions last: a scene counts as done once its counts are written.
     tiles = [o["tile"] for o in out if "tile" in o]

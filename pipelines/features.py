@@ -26,7 +26,7 @@ from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
 
 from pipelines.config import Config, load_config
 from pipelines.datamodel import TILE_FEATURES, TILES
-from pipelines.ingest import balanced_groups, task_count
+from pipelines.ingest import balanced_groups, grouped_rdd, task_count
 from pipelines.lakehouse import Lakehouse
 from pipelines.runs import ListParam, Run, phase, run_job
 from udfs.errors import ConfigError
@@ -104,9 +104,8 @@ def tile_input(
     """
     if use_file_reader(reader, lake):
         groups = file_groups(spark, lake, scene_ids)
-        # One group per partition: parallelize gives each of n items its own partition.
-        rdd = spark.sparkContext.parallelize(groups, max(1, len(groups)))
-        return spark.createDataFrame(rdd.flatMap(lambda g: [(p,) for p in g]), "path string"), True
+        paths = grouped_rdd(spark, groups).map(lambda p: (p,))
+        return spark.createDataFrame(paths, "path string"), True
     tiles = lake.read("tiles").filter(F.col("scene_id").isin(scene_ids))
     return tiles.select(*columns), False
 

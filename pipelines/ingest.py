@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import pyarrow as pa
+from pyspark import RDD
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -155,11 +156,23 @@ def block_records(infos: list[dict[str, Any]], config: Config) -> list[dict[str,
 
 
 def blocks_frame(spark: SparkSession, infos: list[dict[str, Any]], config: Config) -> DataFrame:
-    """:func:`block_records` as a DataFrame, one task per core."""
-    rows = [tuple(r.values()) for r in block_records(infos, config)]
+    """:func:`block_records` as a DataFrame, one task per core (:func:`balanced_blocks`)."""
+    rows = balanced_blocks(spark, block_records(infos, config)).map(lambda r: tuple(r.values()))
     schema = "scene string, " + ", ".join(f"{k} int" for k in BLOCK_FIELDS)
-    rdd = spark.sparkContext.parallelize(rows, task_count(spark, len(rows)))
-    return spark.createDataFrame(rdd, schema)
+    return spark.createDataFrame(rows, schema)
+
+
+def balanced_blocks(spark: SparkSession, blocks: list[dict[str, Any]]) -> RDD:
+    """Block records in one partition per task, the tasks' pixel areas about equal."""
+    area = {i: b["height"] * b["width"] for i, b in enumerate(blocks)}
+    groups = balanced_groups(area, task_count(spark, len(blocks)))
+    return grouped_rdd(spark, [[blocks[i] for i in g] for g in groups])
+
+
+def grouped_rdd(spark: SparkSession, groups: list[list[Any]]) -> RDD:
+    """The items of ``groups``, one partition (task) per group, each in group order."""
+    # parallelize gives each of n items its own partition.
+    return spark.sparkContext.parallelize(groups, max(1, len(groups))).flatMap(lambda g: g)
 
 
 def task_count(spark: SparkSession, n_items: int, max_per_task: int = 64) -> int:
@@ -168,7 +181,7 @@ def task_count(spark: SparkSession, n_items: int, max_per_task: int = 64) -> int
     Each Python task has a fixed cost (measured at ~0.5 s here: worker hand-over, closure,
     GDAL and Arrow set-up), so items are grouped: one task per core (bench/: 2 tasks ran
     the 5490 px features job in 10.1 s, 4 in 12.6 s, 8 in 15.0 s), and no task takes more
-    than ``max_per_task`` items. Items stay in order, so a task reads neighbouring blocks.
+    than ``max_per_task`` items.
     """
     cores = spark.sparkContext.defaultParallelism
     return max(1, min(n_items, max(cores, -(-n_items // max_per_task))))
@@ -209,30 +222,32 @@ def use_arrow_writer(config: Config, lake: Lakehouse) -> bool:
     return writer == "arrow" or (writer == "auto" and lake.local)
 
 
-def write_tile_files(
-    spark: SparkSession, lake: Lakehouse, infos: list[dict[str, Any]], config: Config, errors: Any
-) -> list[dict[str, Any]]:
-    """Executors read blocks and write one Parquet file each; returns the file records."""
+def tile_file_writer(config: Config, table_path: str, report_error: Any) -> Any:
+    """The executors' tile writer (:func:`udfs.ingest_udfs.make_tile_file_writer`) for
+    ``config``, writing under ``table_path``."""
     ing = config.ingest
-    writer = make_tile_file_writer(
-        lake.local_path("tiles"),
+    return make_tile_file_writer(
+        table_path,
         to_arrow_schema(TILES),
         TABLES["tiles"].partition_by,
         ing.tile_size,
         ing.overlap,
         ing.resampling,
         config.storage.zstd_level,
-        errors.add,
+        report_error,
     )
+
+
+def write_tile_files(
+    spark: SparkSession, lake: Lakehouse, infos: list[dict[str, Any]], config: Config, errors: Any
+) -> list[dict[str, Any]]:
+    """Executors read blocks and write one Parquet file each; returns the file records."""
+    writer = tile_file_writer(config, lake.local_path("tiles"), errors.add)
     lake.ensure(TABLES["tiles"])  # before executors write into its folder
-    blocks = block_records(infos, config)
-    area = {i: b["height"] * b["width"] for i, b in enumerate(blocks)}
-    groups = balanced_groups(area, task_count(spark, len(blocks)))
     # A plain RDD job: nothing but small file records comes back, and a DataFrame job
     # (rows to the JVM and back, Arrow) costs ~0.3 s more here (bench/ingest_bench.py).
-    # One group per partition: parallelize gives each of n items its own partition.
-    rdd = spark.sparkContext.parallelize([[blocks[i] for i in g] for g in groups], len(groups))
-    return rdd.flatMap(lambda g: g).mapPartitions(writer).collect()
+    blocks = balanced_blocks(spark, block_records(infos, config))
+    return blocks.mapPartitions(writer).collect()
 
 
 def scene_rows(run: Run, infos: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from udfs.feature_udfs import (
 )
 from udfs.inference import class_dtype, classify_tile
 from udfs.models import predict_with_session, session_from_bytes
+from udfs.tiling import encode_array
 
 #: Tile columns the classifier copies into ``predictions`` besides the pixel columns.
 GEO_COLUMNS = ("crs_epsg", "transform", "bounds", "row_off", "col_off")
@@ -90,8 +91,8 @@ def classified_rows(
                 "sensor": scene["sensor"],
                 "acquired_date": scene["acquired_date"],
                 "dtype": dtype.name,
-                "classes": r["classes"].astype(dtype.newbyteorder("<"), copy=False).tobytes(),
-                "confidence": r["confidence"].tobytes(),
+                "classes": encode_array(r["classes"].astype(dtype, copy=False)),
+                "confidence": encode_array(r["confidence"]),
                 "pixel_count": r["pixel_count"],
                 "classified_count": r["classified_count"],
                 "class_counts": list(r["class_counts"].items()),
