@@ -35,6 +35,10 @@ class Band:
         (categorical or bit-packed; always resampled with ``nearest``).
     aliases : tuple of str
         Other keys under which the band appears (STAC asset keys of public catalogues).
+    optional : bool
+        The product may lack this band (some catalogues omit Landsat ``QA_RADSAT``): a
+        scene without it is ingested with a null column, and what depends on it (the
+        saturation flags) is unknown there, never assumed clear.
     """
 
     name: str
@@ -42,6 +46,7 @@ class Band:
     resolution: float
     role: str = "reflectance"
     aliases: tuple[str, ...] = ()
+    optional: bool = False
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -68,6 +73,22 @@ class Sensor:
         gives no value (ingest records the value actually used in ``scenes.scaling``).
     nodata : int
         DN that marks "no data" in the reflectance bands.
+    platforms : tuple of str
+        STAC ``platform`` names (lower case, ``sentinel-2a``, ``landsat-8``) of this family.
+    radiometry : str
+        ``"surface"`` (bottom-of-atmosphere surface reflectance: S2 L2A, Landsat C2 L2) or
+        ``"toa"`` (top-of-atmosphere reflectance: S2 L1C). Models never mix the two.
+    saturated_dn : int or None
+        DN the product writes for a saturated pixel in a reflectance band (Sentinel-2
+        ``Special_Values`` ``SATURATED`` = 65535); None where saturation is flagged
+        elsewhere (Landsat ``QA_RADSAT``).
+    valid_range : (int, int) or None
+        Documented valid DN range of the reflectance bands, inclusive (Landsat C2 L2 SR:
+        7273..43636, i.e. reflectance 0..1); DNs outside it are masked. None: any DN other
+        than nodata and saturated is valid.
+    saturation_bits : mapping of str to int
+        Product band name -> bit of the ``QA_RADSAT`` word that flags its saturation
+        (Landsat Collection 2); empty for sensors without such a band.
     """
 
     key: str
@@ -78,6 +99,10 @@ class Sensor:
     default_offset: float
     nodata: int = 0
     platforms: tuple[str, ...] = field(default_factory=tuple)
+    radiometry: str = "surface"
+    saturated_dn: int | None = None
+    valid_range: tuple[int, int] | None = None
+    saturation_bits: Mapping[str, int] = field(default_factory=dict)
 
     def band(self, name: str) -> Band:
         """Return the band whose product name, common name or alias is ``name``."""
@@ -94,6 +119,10 @@ class Sensor:
     @property
     def reflectance_bands(self) -> tuple[Band, ...]:
         return tuple(b for b in self.bands if b.role == "reflectance")
+
+    @property
+    def required_bands(self) -> tuple[Band, ...]:
+        return tuple(b for b in self.bands if not b.optional)
 
 
 _S2_REFLECTANCE = (
@@ -121,6 +150,8 @@ SENTINEL2_L2A = Sensor(
     default_scale=1.0 / 10000.0,
     default_offset=0.0,
     platforms=("sentinel-2a", "sentinel-2b", "sentinel-2c"),
+    radiometry="surface",
+    saturated_dn=65535,
 )
 
 SENTINEL2_L1C = Sensor(
@@ -131,7 +162,13 @@ SENTINEL2_L1C = Sensor(
     default_scale=1.0 / 10000.0,
     default_offset=0.0,
     platforms=("sentinel-2a", "sentinel-2b", "sentinel-2c"),
+    radiometry="toa",
+    saturated_dn=65535,
 )
+
+#: Landsat Collection 2 Level-2 SR valid DN range (USGS LSDS-1619 / LSDS-1618 product
+#: guides: 7273..43636, reflectance 0.0000075..1.0 after DN * 2.75e-5 - 0.2).
+LANDSAT_SR_VALID_RANGE = (7273, 43636)
 
 LANDSAT_C2L2 = Sensor(
     key="landsat-c2l2",
@@ -144,6 +181,7 @@ LANDSAT_C2L2 = Sensor(
         Band("SR_B6", "swir16", 30.0),
         Band("SR_B7", "swir22", 30.0),
         Band("QA_PIXEL", "qa", 30.0, role="quality", aliases=("qa_pixel",)),
+        Band("QA_RADSAT", "radsat", 30.0, role="quality", aliases=("qa_radsat",), optional=True),
     ),
     reference_band="SR_B2",
     processing_level="L2SP",
@@ -152,6 +190,10 @@ LANDSAT_C2L2 = Sensor(
     default_scale=2.75e-5,
     default_offset=-0.2,
     platforms=("landsat-8", "landsat-9"),
+    valid_range=LANDSAT_SR_VALID_RANGE,
+    # QA_RADSAT of OLI (LSDS-1619, Landsat 8-9 C2 L2 product guide): bit n-1 = band n
+    # saturated for bands 1-7 (bit 8 is band 9, bit 11 terrain occlusion: not SR bands).
+    saturation_bits=MappingProxyType({f"SR_B{n}": n - 1 for n in range(1, 8)}),
 )
 
 LANDSAT_C2L2_TM = Sensor(
@@ -165,12 +207,17 @@ LANDSAT_C2L2_TM = Sensor(
         Band("SR_B5", "swir16", 30.0),
         Band("SR_B7", "swir22", 30.0),
         Band("QA_PIXEL", "qa", 30.0, role="quality", aliases=("qa_pixel",)),
+        Band("QA_RADSAT", "radsat", 30.0, role="quality", aliases=("qa_radsat",), optional=True),
     ),
     reference_band="SR_B1",
     processing_level="L2SP",
     default_scale=2.75e-5,
     default_offset=-0.2,
     platforms=("landsat-4", "landsat-5", "landsat-7"),
+    valid_range=LANDSAT_SR_VALID_RANGE,
+    # QA_RADSAT of TM/ETM+ (LSDS-1618, Landsat 4-7 C2 L2 product guide): bit n-1 = band n
+    # saturated (bands 1-5 and 7; bit 5 is thermal band 6).
+    saturation_bits=MappingProxyType({f"SR_B{n}": n - 1 for n in (1, 2, 3, 4, 5, 7)}),
 )
 
 SENSORS: Mapping[str, Sensor] = MappingProxyType(
@@ -193,6 +240,7 @@ BAND_COLUMNS: tuple[str, ...] = (
     "swir16",
     "swir22",
     "qa",
+    "radsat",
 )
 
 assert all(b.common in BAND_COLUMNS for s in SENSORS.values() for b in s.bands)
