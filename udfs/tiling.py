@@ -109,6 +109,37 @@ def plan_read_blocks(
     return blocks
 
 
+def core_slices(
+    tile_row: int, tile_col: int, row_off: int, col_off: int, height: int, width: int, tile_size: int
+) -> tuple[slice, slice]:
+    """Rows and columns of a stored tile that belong to its core (each scene pixel once).
+
+    With ``overlap > 0`` neighbouring tiles share pixels; a sum over tiles (pixel counts,
+    class areas, statistics) must use each tile's core only: scene rows
+    ``[tile_row*T, (tile_row+1)*T)`` and columns ``[tile_col*T, (tile_col+1)*T)``, clipped
+    to the tile. Without overlap the core is the whole tile.
+
+    Parameters
+    ----------
+    tile_row, tile_col : int
+        The tile's index in the tile grid.
+    row_off, col_off, height, width : int
+        The stored tile's window in the scene grid, pixels (``tiles`` columns).
+    tile_size : int
+        ``T``, the core side in pixels (``scenes.tile_size``).
+
+    Returns
+    -------
+    (slice, slice)
+        Index the tile's ``(height, width)`` arrays with them: ``arr[rows, cols]``.
+    """
+    r0 = max(tile_row * tile_size, row_off) - row_off
+    c0 = max(tile_col * tile_size, col_off) - col_off
+    r1 = min((tile_row + 1) * tile_size, row_off + height) - row_off
+    c1 = min((tile_col + 1) * tile_size, col_off + width) - col_off
+    return slice(r0, max(r0, r1)), slice(c0, max(c0, c1))
+
+
 def block_tiles(block: ReadBlock, height: int, width: int, tile_size: int, overlap: int = 0):
     """The tile windows of ``block``, row-major."""
     return [
