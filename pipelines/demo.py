@@ -15,13 +15,45 @@ of the same scenes come with them. Layout under ``out_dir``::
     scenes/sentinel2/<PRODUCT>.SAFE/GRANULE/<GRANULE>/IMG_DATA/R10m/T31UFS_<time>_B02_10m.tif
                                                          .../R20m/..._B05_20m.tif, _SCL_20m.tif
                                                          .../R60m/..._B01_60m.tif
-    scenes/landsat/<ID>/<ID>_SR_B1.TIF .. _SR_B7.TIF, <ID>_QA_PIXEL.TIF, <ID>_MTL.txt
+    scenes/landsat/<ID>/<ID>_SR_B1.TIF .. _SR_B7.TIF, <ID>_QA_PIXEL.TIF, <ID>_QA_RADSAT.TIF,
+                        <ID>_MTL.txt
     stac/catalog.json            -> <collection>/collection.json -> <collection>/<id>/<id>.json
 
 Every raster is a pure function of ``(size, seed)``: pixels are computed from their
 coordinates and seeded parameters, in row blocks, so any size up to a full 10980 x 10980
 Sentinel-2 tile stays within bounded memory, and the same seed gives byte-identical files.
 Run as ``python -m pipelines.demo --out data/demo --size 512``.
+
+Decisions
+---------
+* Metadata follow the real products (checked against real ``MTD_MSIL2A.xml`` of baselines
+  02.12, 04.00, 05.09 and a real Landsat 8 C2 L2SP MTL): same element names, nesting and
+  order, a subset of the elements (nothing the real files lack). Omitted: Spectral_Response
+  curves, PHYSICAL_GAINS, Auxiliary_Data_Info and the quality-check lists (S2); the
+  surface-temperature bands and groups and the Level-1 radiance groups (Landsat: the demo
+  writes no ST_B10, although an L2SP product has one).
+* Sentinel-2 DN (ESA L2A product definition): reflectance = (DN + BOA_ADD_OFFSET) /
+  BOA_QUANTIFICATION_VALUE with quantification 10000 and, from baseline 04.00, offset
+  -1000, so DN = round(reflectance * 10000) + 1000. Valid pixels are clamped to 1..65534:
+  0 is NODATA and 65535 SATURATED (``Special_Values``). Before 04.00 a negative
+  reflectance cannot be encoded and ends at DN 1.
+* Sen2Cor over-corrects dark water in the SWIR (:data:`S2_WATER_OVERCORRECTION`), so part
+  of the water pixels of the 04.00+ scenes have DN < 1000, i.e. negative reflectance, as
+  real products show.
+* Landsat DN (USGS LSDS-1619): reflectance = DN * 2.75e-5 - 0.2; clear surfaces stay in
+  the documented valid range 7273..43636 (reflectance 0..1).
+* Saturation: a few bright roofs (:attr:`Layout.roof_units`) saturate the visible bands.
+  Sentinel-2 writes DN 65535 there and SCL class 1 (saturated or defective); Landsat sets
+  QA_RADSAT bit n-1 for each saturated SR band n (LSDS-1619) and writes that band's
+  QUANTIZE_CAL_MAX (65535). QA_RADSAT is 0 elsewhere, fill included, without a nodata tag
+  (as the real file).
+* STAC: platform names in STAC form (``sentinel-2a``, ``landsat-8``). ``raster:bands``
+  describe the DNs as written (value = DN * scale + offset): Sentinel-2 offset
+  BOA_ADD_OFFSET / 10000 (-0.1 from baseline 04.00, 0 before) with
+  ``earthsearch:boa_offset_applied: false``, Earth Search v1's flag for DNs left as ESA
+  wrote them; Landsat the MTL's REFLECTANCE_MULT / ADD. Landsat items carry
+  ``landsat:correction`` (the processing level, USGS items), Sentinel-2 items
+  ``processing:level`` and ``s2:processing_baseline``.
 """
 
 from __future__ import annotations
@@ -126,6 +158,13 @@ TEXTURE = np.array([0.0, 0.02, 0.07, 0.03, 0.04, 0.10, 0.04], dtype=np.float32)
 NOISE_SD = 0.0025  # additive per-band sensor noise, reflectance units
 SHADOW_DARKENING = 0.7  # a full cloud shadow keeps 30 % of the surface signal
 CIRRUS_MAX = 0.15  # opacity of the densest cirrus
+#: Sen2Cor's over-correction of dark water (reflectance subtracted from clear water), which
+#: makes some water pixels negative in the SWIR, as in real L2A products. Sentinel-2 only.
+S2_WATER_OVERCORRECTION: dict[str, float] = {"swir16": 0.003, "swir22": 0.003}
+ROOF_SHARE = 0.12  # share of built-up blocks with a roof bright enough to saturate
+#: Bands a saturating roof saturates (visible bands; Landsat OLI bands 1-4).
+SATURATING_BANDS = ("B02", "B03", "B04", "SR_B1", "SR_B2", "SR_B3", "SR_B4")
+SATURATED_DN = 65535  # S2 Special_Values SATURATED; Landsat QUANTIZE_CAL_MAX_BAND_n
 
 #: Centre wavelength and FWHM (micrometres) of every reflectance band, for STAC eo:bands.
 WAVELENGTHS: dict[str, tuple[float, float]] = {
@@ -395,7 +434,8 @@ class Layout:
     row_edges[b + 1]`` and its own column edges; parcel ``(b, c)`` is unit
     ``b * parcels_per_band + c``. Town blocks and the street surface follow as further
     units. Every unit has a class (parcels and town blocks), a brightness factor, a
-    phenology shift in days and a vegetated fraction (town blocks).
+    phenology shift in days and a vegetated fraction (town blocks). ``roof_units`` are the
+    built-up blocks whose bright roofs saturate the visible bands (sorted unit ids).
     """
 
     size: int
@@ -412,6 +452,7 @@ class Layout:
     towns: tuple[Town, ...]
     lakes: tuple[Lake, ...]
     river: River
+    roof_units: NDArray[np.int32]
 
     @property
     def n_units(self) -> int:
@@ -510,6 +551,10 @@ def make_layout(size: int, seed: int) -> Layout:
         ),
         phases=tuple(float(p) for p in rng.uniform(0, 2 * np.pi, 3)),
     )
+    # a stream of its own, so the landscape drawn above does not depend on it
+    urban_blocks = np.flatnonzero(unit_class[n_parcels:first] == URBAN) + n_parcels
+    n_roofs = min(len(urban_blocks), max(1, round(ROOF_SHARE * len(urban_blocks))))
+    roofs = np.random.default_rng([seed, 4]).choice(urban_blocks, n_roofs, replace=False)
     return Layout(
         size=size,
         row_edges=row_edges,
@@ -525,6 +570,7 @@ def make_layout(size: int, seed: int) -> Layout:
         towns=tuple(towns),
         lakes=tuple(lakes),
         river=river,
+        roof_units=np.sort(roofs).astype(np.int32),
     )
 
 
@@ -715,6 +761,7 @@ class Pixels:
     classes : uint8 land-cover codes.  index : intp ``class * n_units + unit`` into the
     flattened ``(class, unit)`` planes of :func:`reflectance_table`.  valid : bool data
     footprint.  cloud, cirrus, shadow : float32 opacities / shadow strength 0..1.
+    saturated : bool, a saturating roof seen clear (the visible bands saturate).
     """
 
     classes: NDArray[np.uint8]
@@ -723,6 +770,7 @@ class Pixels:
     cloud: NDArray[np.float32]
     cirrus: NDArray[np.float32]
     shadow: NDArray[np.float32]
+    saturated: NDArray[np.bool_]
 
 
 def pixels_at(layout: Layout, sky: Sky, grid: Grid, r0: int, r1: int) -> Pixels:
@@ -748,23 +796,31 @@ def pixels_at(layout: Layout, sky: Sky, grid: Grid, r0: int, r1: int) -> Pixels:
     else:
         cirrus = np.zeros_like(cloud)
     index = classes.astype(np.intp) * layout.n_units + units
+    valid = valid_at(sky, y, x)
+    roof = np.isin(units, layout.roof_units) & (classes == URBAN)
+    saturated = roof & valid & (cloud < 0.1) & (shadow < 0.4)
     return Pixels(
         classes,
         index,
-        valid_at(sky, y, x),
+        valid,
         cloud.astype(np.float32, copy=False),
         cirrus.astype(np.float32, copy=False),
         shadow.astype(np.float32, copy=False),
+        saturated,
     )
 
 
 def to_dn(
     reflectance: NDArray[np.float32], valid: NDArray[np.bool_], scale: float, offset: float
 ) -> NDArray[np.uint16]:
-    """DN = round((reflectance - offset) / scale), clipped to 1..65535; 0 outside ``valid``."""
+    """DN = round((reflectance - offset) / scale), clipped to 1..65534; 0 outside ``valid``.
+
+    0 is the products' no-data DN and 65535 their saturated one, so a valid pixel never
+    gets either by accident (Sentinel-2 ``Special_Values``; Landsat QUANTIZE_CAL_MIN/MAX).
+    """
     dn = (reflectance - np.float32(offset)) / np.float32(scale)
     np.rint(dn, out=dn)
-    np.clip(dn, 1, 65535, out=dn)
+    np.clip(dn, 1, SATURATED_DN - 1, out=dn)
     out = dn.astype(np.uint16)
     out[~valid] = 0
     return out
@@ -774,8 +830,8 @@ def scl_codes(px: Pixels, red: NDArray[np.float32], nir: NDArray[np.float32]) ->
     """Sentinel-2 L2A scene classification (SCL codes) from the sky and the surface.
 
     ``red`` and ``nir`` are cloud-free surface reflectance (for the vegetation test).
-    Returns a uint8 array: 0 no data, 3 cloud shadow, 4 vegetation, 5 not vegetated,
-    6 water, 8/9 cloud medium/high probability, 10 thin cirrus.
+    Returns a uint8 array: 0 no data, 1 saturated, 3 cloud shadow, 4 vegetation, 5 not
+    vegetated, 6 water, 8/9 cloud medium/high probability, 10 thin cirrus.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         ndvi = (nir - red) / (nir + red)
@@ -785,6 +841,7 @@ def scl_codes(px: Pixels, red: NDArray[np.float32], nir: NDArray[np.float32]) ->
     scl[px.cirrus >= 0.03] = 10
     scl[px.cloud >= 0.1] = 8
     scl[px.cloud >= 0.5] = 9
+    scl[px.saturated] = 1
     scl[~px.valid] = 0
     return scl
 
@@ -826,6 +883,16 @@ def qa_pixel_values(px: Pixels) -> NDArray[np.uint16]:
     return qa
 
 
+def qa_radsat_values(px: Pixels, bits: Sequence[int]) -> NDArray[np.uint16]:
+    """Landsat Collection 2 QA_RADSAT words (uint16): ``bits`` set where ``px.saturated``.
+
+    ``bits`` are the QA_RADSAT bits of the saturated bands (OLI band n -> bit n - 1,
+    LSDS-1619). Every other pixel, fill included, is 0, as in USGS products.
+    """
+    word = sum(1 << b for b in bits)
+    return np.where(px.saturated, word, 0).astype(np.uint16)
+
+
 def render_grid(
     layout: Layout,
     spec: SceneSpec,
@@ -840,10 +907,18 @@ def render_grid(
 
     Reflectance = surface * texture * (1 - 0.7 shadow) * (1 - haze) + haze * cloud + noise,
     with haze the combined cloud and cirrus opacity; converted to DN with the product's
-    scaling. Quality bands (SCL, QA_PIXEL) come from the same fields.
+    scaling. Sentinel-2 water loses :data:`S2_WATER_OVERCORRECTION` in the SWIR. Saturating
+    roofs get :data:`SATURATED_DN` in :data:`SATURATING_BANDS`. Quality bands (SCL,
+    QA_PIXEL, QA_RADSAT) come from the same fields.
     """
     scale, offset = spec.scaling
+    s2 = spec.sensor is SENTINEL2_L2A
     cloud_em = dict(zip(COMMON_NAMES, ENDMEMBERS["cloud"], strict=True))
+    radsat_bits = [
+        spec.sensor.saturation_bits[b.name]
+        for b in spec.sensor.reflectance_bands
+        if b.name in SATURATING_BANDS and b.name in spec.sensor.saturation_bits
+    ]
     planes = table.reshape(table.shape[0], -1)
     for block, r0 in enumerate(range(0, grid.height, BLOCK_ROWS)):
         r1 = min(grid.height, r0 + BLOCK_ROWS)
@@ -861,20 +936,28 @@ def render_grid(
                 out[band.name] = scl_codes(px, red, nir)
             elif band.name == "QA_PIXEL":
                 out[band.name] = qa_pixel_values(px)
+            elif band.name == "QA_RADSAT":
+                out[band.name] = qa_radsat_values(px, radsat_bits)
             else:
                 refl = planes[names.index(band.common)][px.index] * weight
                 refl += haze * np.float32(cloud_em[band.common])
                 refl += (rng.random(refl.shape, dtype=np.float32) - np.float32(0.5)) * np.float32(
                     NOISE_SD * math.sqrt(12)
                 )
-                out[band.name] = to_dn(refl, px.valid, scale, offset)
+                if s2 and band.common in S2_WATER_OVERCORRECTION:
+                    water = (px.classes == WATER) * (1 - haze)
+                    refl -= np.float32(S2_WATER_OVERCORRECTION[band.common]) * water
+                dn = to_dn(refl, px.valid, scale, offset)
+                if band.name in SATURATING_BANDS:
+                    dn[px.saturated] = SATURATED_DN
+                out[band.name] = dn
         yield r0, out
 
 
 # ----------------------------------------------------------------------------- writers
 
 
-def geotiff_profile(grid: Grid, dtype: str, nodata: int) -> dict[str, Any]:
+def geotiff_profile(grid: Grid, dtype: str, nodata: int | None) -> dict[str, Any]:
     """Creation options of every demo raster: tiled, DEFLATE + horizontal predictor."""
     block = 512 if min(grid.width, grid.height) >= 512 else 256
     return {
@@ -935,17 +1018,19 @@ def _band_names(sensor: Sensor) -> list[str]:
 
 def _write_bands(
     layout: Layout, spec: SceneSpec, files: dict[str, Path], seed: int
-) -> tuple[dict[str, Grid], NDArray[np.int64]]:
+) -> tuple[dict[str, Grid], NDArray[np.int64], int]:
     """Render and write every band of ``spec``, grid by grid.
 
-    Returns the grid of each band and the histogram (0..65535 is not needed: quality
-    values are binned by code for SCL, by flag for QA_PIXEL, see the callers).
+    Returns the grid of each band, the histogram of the quality band's values (SCL
+    codes, QA_PIXEL words; 0..65535) and the bitwise OR of all QA_RADSAT words (0 for a
+    product without that band): bit n - 1 set = band n saturated somewhere.
     """
     sky = make_sky(spec, layout.size, seed)
     names = _band_names(spec.sensor)
     table = reflectance_table(layout, spec.doy, names)
     grids: dict[str, Grid] = {}
     counts = np.zeros(1 << 16, dtype=np.int64)
+    radsat = 0
     for res in sorted({b.resolution for b in spec.sensor.bands}):
         grid = grid_for(layout.size, res)
         bands = [b for b in spec.sensor.bands if b.resolution == res]
@@ -953,15 +1038,18 @@ def _write_bands(
         for b in bands:
             grids[b.name] = grid
             dtype = "uint8" if b.name == "SCL" else "uint16"
-            nodata = 1 if b.name == "QA_PIXEL" else 0  # QA_PIXEL fill is 1, as USGS writes it
+            # QA_PIXEL fill is 1, as USGS writes it; QA_RADSAT has no nodata (0 = fine)
+            nodata = {"QA_PIXEL": 1, "QA_RADSAT": None}.get(b.name, 0)
             specs[b.name] = (files[b.name], geotiff_profile(grid, dtype, nodata))
         with create_rasters(specs) as dst:
             for r0, arrays in render_grid(layout, spec, sky, table, names, grid, bands, seed):
                 for name, arr in arrays.items():
                     dst[name].write(arr, 1, window=Window(0, r0, grid.width, arr.shape[0]))
-                    if spec.sensor.band(name).role == "quality":
+                    if name == "QA_RADSAT":
+                        radsat |= int(np.bitwise_or.reduce(arr, axis=None))
+                    elif spec.sensor.band(name).role == "quality":
                         counts += np.bincount(arr.ravel(), minlength=1 << 16)
-    return grids, counts
+    return grids, counts, radsat
 
 
 def _percent(part: float, whole: float) -> float:
@@ -981,7 +1069,7 @@ def write_sentinel2(root: Path, layout: Layout, spec: SceneSpec, seed: int) -> S
         / f"T{MGRS_TILE}_{stamp}_{b.name}_{b.resolution:.0f}m.tif"
         for b in spec.sensor.bands
     }
-    grids, counts = _write_bands(layout, spec, files, seed)
+    grids, counts, _ = _write_bands(layout, spec, files, seed)
     scl = counts[: len(SCL_CLASSES)]
     mtd = safe / "MTD_MSIL2A.xml"
     tree = s2_mtd_xml(spec, {k: v.relative_to(safe) for k, v in files.items()}, scl, layout.size)
@@ -995,7 +1083,7 @@ def write_landsat(root: Path, layout: Layout, spec: SceneSpec, seed: int) -> Sce
     folder = root / spec.scene_id
     shutil.rmtree(folder, ignore_errors=True)
     files = {b.name: folder / f"{spec.scene_id}_{b.name}.TIF" for b in spec.sensor.bands}
-    grids, counts = _write_bands(layout, spec, files, seed)
+    grids, counts, radsat = _write_bands(layout, spec, files, seed)
     values = np.nonzero(counts)[0]
     n = counts[values]
     fill = n[values == 1].sum()
@@ -1005,7 +1093,8 @@ def write_landsat(root: Path, layout: Layout, spec: SceneSpec, seed: int) -> Sce
     cover = _percent(cloud, n.sum() - fill)
     cover_land = _percent(cloud_land, n[land].sum() - fill)
     mtl = folder / f"{spec.scene_id}_MTL.txt"
-    mtl.write_text(landsat_mtl(spec, files, grids["SR_B2"], cover, cover_land), encoding="utf-8")
+    text = landsat_mtl(spec, files, grids["SR_B2"], cover, cover_land, radsat)
+    mtl.write_text(text, encoding="utf-8")
     return SceneRecord(spec, folder, mtl, files, grids, cover)
 
 
@@ -1030,18 +1119,83 @@ def _corners_lonlat(grid: Grid) -> list[tuple[float, float]]:
     return list(zip(lon, lat, strict=True))
 
 
+#: ESA ``band_id`` order of the L2A metadata (BOA_ADD_OFFSET, SOLAR_IRRADIANCE, ...).
+S2_BAND_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
+               "B11", "B12")  # fmt: skip
+S2_RESOLUTIONS = (60, 10, 10, 10, 20, 20, 20, 10, 20, 60, 60, 20, 20)
+#: Per unit: solar irradiance (W/m2/um) of every band_id, as real S2A / S2B products write it.
+S2_SOLAR_IRRADIANCE: dict[str, tuple[float, ...]] = {
+    "A": (1884.69, 1959.66, 1823.24, 1512.06, 1424.64, 1287.61, 1162.08, 1041.63, 955.32,
+          812.92, 367.15, 245.59, 85.25),
+    "B": (1874.3, 1959.75, 1824.93, 1512.79, 1425.78, 1291.13, 1175.57, 1041.28, 953.93,
+          817.58, 365.41, 247.08, 87.75),
+}  # fmt: skip
+#: Per unit: (min, max, central) wavelength in nm of every band_id (real S2A / S2B products).
+S2_WAVELENGTHS_NM: dict[str, tuple[tuple[int, int, float], ...]] = {
+    "A": ((412, 456, 442.7), (456, 533, 492.7), (538, 583, 559.8), (646, 684, 664.6),
+          (695, 714, 704.1), (731, 749, 740.5), (769, 797, 782.8), (760, 907, 832.8),
+          (837, 881, 864.7), (932, 958, 945.1), (1337, 1412, 1373.5), (1539, 1682, 1613.7),
+          (2078, 2320, 2202.4)),
+    "B": ((411, 456, 442.3), (456, 532, 492.3), (536, 582, 559.0), (646, 685, 665.0),
+          (694, 714, 703.8), (730, 748, 739.1), (766, 794, 779.7), (774, 907, 833.0),
+          (848, 880, 864.0), (930, 957, 943.2), (1339, 1415, 1376.9), (1538, 1679, 1610.4),
+          (2065, 2303, 2185.7)),
+}  # fmt: skip
+#: SCENE_CLASSIFICATION_TEXT of SCL codes 0..11, as the real MTD_MSIL2A.xml spells them.
+S2_SCL_TEXT = (
+    "SC_NODATA", "SC_SATURATED_DEFECTIVE", "SC_DARK_FEATURE_SHADOW", "SC_CLOUD_SHADOW",
+    "SC_VEGETATION", "SC_NOT_VEGETATED", "SC_WATER", "SC_UNCLASSIFIED",
+    "SC_CLOUD_MEDIUM_PROBA", "SC_CLOUD_HIGH_PROBA", "SC_THIN_CIRRUS", "SC_SNOW_ICE",
+)  # fmt: skip
+S2_L2A_DOI = "https://doi.org/10.5270/S2_-znk9xsj"  # PRODUCT_DOI, from baseline 04.00
+LANDSAT_L2_DOI = "https://doi.org/10.5066/P9OGBGM6"  # Landsat 8-9 OLI/TIRS C2 L2
+LANDSAT_L1_DOI = "https://doi.org/10.5066/P975CC9B"  # Landsat 8-9 OLI/TIRS C2 L1
+
+
+def _sun_distance(doy: int) -> float:
+    """Earth-Sun distance in astronomical units on day of year ``doy`` (first order)."""
+    return 1.0 - 0.01672 * math.cos(math.radians(0.9856 * (doy - 4)))
+
+
+def _s2_ids(spec: SceneSpec) -> dict[str, str]:
+    """ESA identifiers of the datatake, datastrip and granule of a Sentinel-2 product."""
+    unit = spec.platform[-1].upper()
+    sensing = f"{spec.sensing:%Y%m%dT%H%M%S}"
+    n = f"N{spec.baseline}"
+    return {
+        "datatake": f"GS2{unit}_{sensing}_{spec.orbit:06d}_{n}",
+        "datastrip": f"S2{unit}_OPER_MSI_L2A_DS_2APS_{spec.processed}_S{sensing}_{n}",
+        "granule": f"S2{unit}_OPER_MSI_L2A_TL_2APS_{spec.processed}_A{spec.orbit:06d}_"
+        f"T{MGRS_TILE}_{n}",
+    }
+
+
 def s2_mtd_xml(
     spec: SceneSpec, images: dict[str, Path], scl: NDArray[np.int64], size: int
 ) -> ET.ElementTree:
-    """``MTD_MSIL2A.xml`` shaped like the real product's (the elements readers use).
+    """``MTD_MSIL2A.xml`` shaped like the real product's: same names, nesting and order.
 
-    ``scl`` is the histogram of SCL codes 0..11; cloud and class percentages come from it.
-    Products before baseline 04.00 carry no ``BOA_ADD_OFFSET_VALUES_LIST``.
+    A subset of the real elements (see the module's Decisions). ``scl`` is the histogram
+    of SCL codes 0..11: NODATA_PIXEL_PERCENTAGE is relative to all pixels, the class
+    percentages to the valid ones, and Cloud_Coverage_Assessment is the sum of the
+    medium, high probability cloud and thin cirrus percentages (as in real products).
+    Products before baseline 04.00 carry no ``BOA_ADD_OFFSET_VALUES_LIST`` and no
+    ``PRODUCT_DOI``.
     """
     uri = "https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-2A.xsd"
     # Literal "n1:" tags plus the xmlns:n1 attribute serialise as the real file's prefix
     # without registering a prefix in ElementTree's global namespace map.
-    root = ET.Element("n1:Level-2A_User_Product", {"xmlns:n1": uri})
+    root = ET.Element(
+        "n1:Level-2A_User_Product",
+        {
+            "xmlns:n1": uri,
+            "xmlns:xsi": "http://www.w3.org/2001/XMLSchema-instance",
+            "xsi:schemaLocation": uri,
+        },
+    )
+    modern = float(spec.baseline) >= 4.0
+    unit = spec.platform[-1].upper()
+    ids = _s2_ids(spec)
     general = _sub(root, "n1:General_Info")
     info = _sub(general, "Product_Info")
     start = _iso_ms(spec.sensing)
@@ -1052,16 +1206,12 @@ def s2_mtd_xml(
     _sub(info, "PROCESSING_LEVEL", "Level-2A")
     _sub(info, "PRODUCT_TYPE", "S2MSI2A")
     _sub(info, "PROCESSING_BASELINE", spec.baseline)
+    if modern:
+        _sub(info, "PRODUCT_DOI", S2_L2A_DOI)
     _sub(info, "GENERATION_TIME", processed.strftime("%Y-%m-%dT%H:%M:%S.000000Z"))
     _sub(info, "PREVIEW_IMAGE_URL", "Not applicable")
-    unit = spec.platform[-1].upper()
-    take = _sub(
-        info,
-        "Datatake",
-        datatakeIdentifier=(
-            f"GS2{unit}_{spec.sensing:%Y%m%dT%H%M%S}_{spec.orbit:06d}_N{spec.baseline}"
-        ),
-    )
+    _sub(info, "PREVIEW_GEO_INFO", "Not applicable")
+    take = _sub(info, "Datatake", datatakeIdentifier=ids["datatake"])
     _sub(take, "SPACECRAFT_NAME", f"Sentinel-2{unit}")
     _sub(take, "DATATAKE_TYPE", "INS-NOBS")
     _sub(take, "DATATAKE_SENSING_START", start)
@@ -1072,33 +1222,60 @@ def s2_mtd_xml(
     granule = _sub(
         granules,
         "Granule",
-        imageFormat="GeoTIFF",
-        granuleIdentifier=next(iter(images.values())).parts[1],
+        datastripIdentifier=ids["datastrip"],
+        granuleIdentifier=ids["granule"],
+        imageFormat="GeoTIFF",  # as the real products ESA reprocessed to GeoTIFF say
     )
-    for path in images.values():
+    # by resolution folder (R10m, R20m, R60m), band order within one, as real products list
+    for path in sorted(images.values(), key=lambda p: int(p.parent.name[1:-1])):
         _sub(granule, "IMAGE_FILE", path.with_suffix("").as_posix())
 
     chars = _sub(general, "Product_Image_Characteristics")
-    for text, index in (("NODATA", 0), ("SATURATED", 65535)):
+    for text, index in (("NODATA", 0), ("SATURATED", SATURATED_DN)):
         special = _sub(chars, "Special_Values")
         _sub(special, "SPECIAL_VALUE_TEXT", text)
         _sub(special, "SPECIAL_VALUE_INDEX", index)
+    order = _sub(chars, "Image_Display_Order")
+    for tag, channel in (("RED_CHANNEL", 3), ("GREEN_CHANNEL", 2), ("BLUE_CHANNEL", 1)):
+        _sub(order, tag, channel)
     quant = _sub(chars, "QUANTIFICATION_VALUES_LIST")
     _sub(quant, "BOA_QUANTIFICATION_VALUE", 10000, unit="none")
     _sub(quant, "AOT_QUANTIFICATION_VALUE", "1000.0", unit="none")
     _sub(quant, "WVP_QUANTIFICATION_VALUE", "1000.0", unit="cm")
-    if float(spec.baseline) >= 4.0:
+    if modern:
         offsets = _sub(chars, "BOA_ADD_OFFSET_VALUES_LIST")
-        for i in range(13):  # band_id order B01..B08, B8A, B09, B10, B11, B12
+        for i in range(len(S2_BAND_IDS)):
             _sub(offsets, "BOA_ADD_OFFSET", f"{spec.boa_offset:.0f}", band_id=str(i))
+    conversion = _sub(chars, "Reflectance_Conversion")
+    _sub(conversion, "U", f"{_sun_distance(spec.doy) ** -2:.14f}")
+    irradiance = _sub(conversion, "Solar_Irradiance_List")
+    for i, value in enumerate(S2_SOLAR_IRRADIANCE.get(unit, S2_SOLAR_IRRADIANCE["A"])):
+        _sub(irradiance, "SOLAR_IRRADIANCE", f"{value:g}", bandId=str(i), unit="W/m²/µm")
+    spectral = _sub(chars, "Spectral_Information_List")
+    waves = S2_WAVELENGTHS_NM.get(unit, S2_WAVELENGTHS_NM["A"])
+    for i, (name, res, (lo, hi, mid)) in enumerate(
+        zip(S2_BAND_IDS, S2_RESOLUTIONS, waves, strict=True)
+    ):
+        band = _sub(
+            spectral,
+            "Spectral_Information",
+            bandId=str(i),
+            physicalBand=name[0] + name[1:].lstrip("0"),
+        )
+        _sub(band, "RESOLUTION", res)
+        wave = _sub(band, "Wavelength")
+        _sub(wave, "MIN", lo, unit="nm")
+        _sub(wave, "MAX", hi, unit="nm")
+        _sub(wave, "CENTRAL", f"{mid:g}", unit="nm")
     classes = _sub(chars, "Scene_Classification_List")
-    for code, name in SCL_CLASSES.items():
+    for code, text in enumerate(S2_SCL_TEXT):
         sc = _sub(classes, "Scene_Classification_ID")
-        _sub(sc, "SCENE_CLASSIFICATION_TEXT", f"SC_{name.upper()}")
+        _sub(sc, "SCENE_CLASSIFICATION_TEXT", text)
         _sub(sc, "SCENE_CLASSIFICATION_INDEX", code)
 
     geo = _sub(root, "n1:Geometric_Info")
-    footprint = _sub(_sub(geo, "Product_Footprint"), "Product_Footprint")
+    product_footprint = _sub(geo, "Product_Footprint")
+    footprint = _sub(product_footprint, "Product_Footprint")
     ring = _corners_lonlat(grid_for(size, PIXEL))
     ring.append(ring[0])
     _sub(
@@ -1106,26 +1283,38 @@ def s2_mtd_xml(
         "EXT_POS_LIST",
         " ".join(f"{lat:.8f} {lon:.8f}" for lon, lat in ring),
     )
+    _sub(product_footprint, "RASTER_CS_TYPE", "POINT")
+    _sub(product_footprint, "PIXEL_ORIGIN", 1)
     crs = _sub(geo, "Coordinate_Reference_System")
-    _sub(crs, "GEO_TABLES", "EPSG", version="1.0")
+    _sub(crs, "GEO_TABLES", "EPSG", version="1")
     _sub(crs, "HORIZONTAL_CS_TYPE", "GEOGRAPHIC")
 
     quality = _sub(root, "n1:Quality_Indicators_Info")
     valid = int(scl[1:].sum())
-    _sub(quality, "Cloud_Coverage_Assessment", f"{_percent(scl[[8, 9, 10]].sum(), valid):.6f}")
+    cloudy = scl[[8, 9, 10]].sum()
+    _sub(quality, "Cloud_Coverage_Assessment", f"{_percent(cloudy, valid):.6f}")
+    technical = _sub(quality, "Technical_Quality_Assessment")
+    _sub(technical, "DEGRADED_ANC_DATA_PERCENTAGE", "0.0")
+    _sub(technical, "DEGRADED_MSI_DATA_PERCENTAGE", 0)
     qi = _sub(quality, "Image_Content_QI")
+    if modern:
+        # the demo's reading: cloudy pixels among those not classified water
+        _sub(qi, "CLOUDY_PIXEL_OVER_LAND_PERCENTAGE", f"{_percent(cloudy, valid - scl[6]):.6f}")
     _sub(qi, "NODATA_PIXEL_PERCENTAGE", f"{_percent(scl[0], scl.sum()):.6f}")
-    for tag, codes in (
-        ("CLOUD_SHADOW_PERCENTAGE", [3]),
-        ("VEGETATION_PERCENTAGE", [4]),
-        ("NOT_VEGETATED_PERCENTAGE", [5]),
-        ("WATER_PERCENTAGE", [6]),
-        ("MEDIUM_PROBA_CLOUDS_PERCENTAGE", [8]),
-        ("HIGH_PROBA_CLOUDS_PERCENTAGE", [9]),
-        ("THIN_CIRRUS_PERCENTAGE", [10]),
-        ("SNOW_ICE_PERCENTAGE", [11]),
+    for tag, code in (
+        ("SATURATED_DEFECTIVE_PIXEL_PERCENTAGE", 1),
+        ("DARK_FEATURES_PERCENTAGE", 2),
+        ("CLOUD_SHADOW_PERCENTAGE", 3),
+        ("VEGETATION_PERCENTAGE", 4),
+        ("NOT_VEGETATED_PERCENTAGE", 5),
+        ("WATER_PERCENTAGE", 6),
+        ("UNCLASSIFIED_PERCENTAGE", 7),
+        ("MEDIUM_PROBA_CLOUDS_PERCENTAGE", 8),
+        ("HIGH_PROBA_CLOUDS_PERCENTAGE", 9),
+        ("THIN_CIRRUS_PERCENTAGE", 10),
+        ("SNOW_ICE_PERCENTAGE", 11),
     ):
-        _sub(qi, tag, f"{_percent(scl[codes].sum(), valid):.6f}")
+        _sub(qi, tag, f"{_percent(scl[code], valid):.6f}")
     tree = ET.ElementTree(root)
     ET.indent(tree, space="  ")
     return tree
@@ -1142,47 +1331,77 @@ def _odl(groups: list[tuple[str, list[tuple[str, str]]]]) -> str:
     return "\n".join(lines)
 
 
+def landsat_scene_id(spec: SceneSpec) -> str:
+    """The Landsat scene id (``LC81980252024136LGN00``) of a product id and sensing date."""
+    pid = spec.scene_id
+    return f"{pid[:2]}{int(pid[2:4])}{pid[10:16]}{spec.sensing:%Y}{spec.doy:03d}LGN00"
+
+
 def landsat_mtl(
-    spec: SceneSpec, files: dict[str, Path], grid: Grid, cover: float, cover_land: float
+    spec: SceneSpec,
+    files: dict[str, Path],
+    grid: Grid,
+    cover: float,
+    cover_land: float,
+    radsat: int = 0,
 ) -> str:
-    """``<ID>_MTL.txt`` in the Collection 2 ODL format (the groups ingest reads, and more)."""
+    """``<ID>_MTL.txt`` in the Collection 2 ODL format, groups and keys as USGS writes them.
+
+    A subset of the real groups (see the module's Decisions). ``radsat`` is the bitwise OR
+    of the QA_RADSAT words: SATURATION_BAND_n is ``"Y"`` where bit n - 1 is set.
+    """
 
     def q(text: object) -> str:
         return f'"{text}"'
 
     pid = spec.scene_id
+    level = pid.split("_")[1]  # L2SP / L2SR: what the product id says
+    origin = q("Image courtesy of the U.S. Geological Survey (synthetic demo data)")
     sr = [b for b in spec.sensor.bands if b.role == "reflectance"]
     contents = [
-        ("ORIGIN", q("Image courtesy of the U.S. Geological Survey (synthetic demo data)")),
+        ("ORIGIN", origin),
+        ("DIGITAL_OBJECT_IDENTIFIER", q(LANDSAT_L2_DOI)),
         ("LANDSAT_PRODUCT_ID", q(pid)),
-        ("PROCESSING_LEVEL", q("L2SP")),
-        ("COLLECTION_NUMBER", "02"),
+        ("PROCESSING_LEVEL", q(level)),
+        ("COLLECTION_NUMBER", pid.split("_")[5]),
         ("COLLECTION_CATEGORY", q(pid.rsplit("_", 1)[1])),
         ("OUTPUT_FORMAT", q("GEOTIFF")),
         *[(f"FILE_NAME_BAND_{b.name[-1]}", q(files[b.name].name)) for b in sr],
         ("FILE_NAME_QUALITY_L1_PIXEL", q(files["QA_PIXEL"].name)),
+        ("FILE_NAME_QUALITY_L1_RADIOMETRIC_SATURATION", q(files["QA_RADSAT"].name)),
         ("FILE_NAME_METADATA_ODL", q(f"{pid}_MTL.txt")),
         *[(f"DATA_TYPE_BAND_{b.name[-1]}", q("UINT16")) for b in sr],
         ("DATA_TYPE_QUALITY_L1_PIXEL", q("UINT16")),
+        ("DATA_TYPE_QUALITY_L1_RADIOMETRIC_SATURATION", q("UINT16")),
     ]
     t = spec.sensing
+    path, row = str(int(pid[10:13])), str(int(pid[13:16]))
     attributes = [
         ("SPACECRAFT_ID", q(spec.platform.upper().replace("-", "_"))),
         ("SENSOR_ID", q("OLI_TIRS")),
         ("WRS_TYPE", "2"),
-        ("WRS_PATH", str(int(pid[10:13]))),
-        ("WRS_ROW", str(int(pid[13:16]))),
+        ("WRS_PATH", path),
+        ("WRS_ROW", row),
+        ("NADIR_OFFNADIR", q("NADIR")),
+        ("TARGET_WRS_PATH", path),
+        ("TARGET_WRS_ROW", row),
         ("DATE_ACQUIRED", t.strftime("%Y-%m-%d")),
         ("SCENE_CENTER_TIME", q(t.strftime("%H:%M:%S.") + f"{t.microsecond:06d}0Z")),
         ("STATION_ID", q("LGN")),
         ("CLOUD_COVER", f"{cover:.2f}"),
         ("CLOUD_COVER_LAND", f"{cover_land:.2f}"),
         ("IMAGE_QUALITY_OLI", "9"),
+        ("IMAGE_QUALITY_TIRS", "9"),
+        *[(f"SATURATION_BAND_{n}", q("Y" if radsat >> (n - 1) & 1 else "N")) for n in range(1, 10)],
+        ("ROLL_ANGLE", "-0.001"),
         ("SUN_AZIMUTH", "148.51234567"),
         ("SUN_ELEVATION", "52.34567890"),
+        ("EARTH_SUN_DISTANCE", f"{_sun_distance(spec.doy):.7f}"),
+        ("TRUNCATION_OLI", q("UPPER")),
     ]
     x1, y1 = X0 + grid.width * grid.res, Y0 - grid.height * grid.res
-    corners = _corners_lonlat(grid)
+    corners = dict(zip(("UL", "UR", "LR", "LL"), _corners_lonlat(grid), strict=True))
+    xy = {"UL": (X0, Y0), "UR": (x1, Y0), "LR": (x1, y1), "LL": (X0, y1)}
     projection = [
         ("MAP_PROJECTION", q("UTM")),
         ("DATUM", q("WGS84")),
@@ -1193,27 +1412,28 @@ def landsat_mtl(
         ("REFLECTIVE_SAMPLES", str(grid.width)),
         ("ORIENTATION", q("NORTH_UP")),
     ]
-    for (lon, lat), corner in zip(corners, ("UL", "UR", "LR", "LL"), strict=True):
+    order = ("UL", "UR", "LL", "LR")  # the real file's order
+    for corner in order:
+        lon, lat = corners[corner]
         projection += [
             (f"CORNER_{corner}_LAT_PRODUCT", f"{lat:.5f}"),
             (f"CORNER_{corner}_LON_PRODUCT", f"{lon:.5f}"),
         ]
-    for corner, (x, y) in zip(
-        ("UL", "UR", "LR", "LL"), ((X0, Y0), (x1, Y0), (x1, y1), (X0, y1)), strict=True
-    ):
+    for corner in order:
+        x, y = xy[corner]
         projection += [
             (f"CORNER_{corner}_PROJECTION_X_PRODUCT", f"{x:.3f}"),
             (f"CORNER_{corner}_PROJECTION_Y_PRODUCT", f"{y:.3f}"),
         ]
+    day = f"{spec.processed[:4]}-{spec.processed[4:6]}-{spec.processed[6:]}"
     record = [
-        ("ORIGIN", q("Image courtesy of the U.S. Geological Survey (synthetic demo data)")),
+        ("ORIGIN", origin),
+        ("DIGITAL_OBJECT_IDENTIFIER", q(LANDSAT_L2_DOI)),
         ("LANDSAT_PRODUCT_ID", q(pid)),
-        ("PROCESSING_LEVEL", q("L2SP")),
+        ("PROCESSING_LEVEL", q(level)),
         ("OUTPUT_FORMAT", q("GEOTIFF")),
-        (
-            "DATE_PRODUCT_GENERATED",
-            f"{spec.processed[:4]}-{spec.processed[4:6]}-{spec.processed[6:]}T12:00:00Z",
-        ),
+        ("DATE_PRODUCT_GENERATED", f"{day}T12:00:00Z"),
+        ("PROCESSING_SOFTWARE_VERSION", q("LPGS_16.4.0")),
         ("ALGORITHM_SOURCE_SURFACE_REFLECTANCE", q("LaSRC_1.6.0")),
     ]
     scale, offset = spec.scaling
@@ -1221,16 +1441,28 @@ def landsat_mtl(
     for b in sr:
         n = b.name[-1]
         params += [
-            (f"REFLECTANCE_MAXIMUM_BAND_{n}", f"{65535 * scale + offset:.6f}"),
+            (f"REFLECTANCE_MAXIMUM_BAND_{n}", f"{SATURATED_DN * scale + offset:.6f}"),
             (f"REFLECTANCE_MINIMUM_BAND_{n}", f"{scale + offset:.6f}"),
         ]
     for b in sr:
         params += [
-            (f"QUANTIZE_CAL_MAX_BAND_{b.name[-1]}", "65535"),
+            (f"QUANTIZE_CAL_MAX_BAND_{b.name[-1]}", str(SATURATED_DN)),
             (f"QUANTIZE_CAL_MIN_BAND_{b.name[-1]}", "1"),
         ]
     params += [(f"REFLECTANCE_MULT_BAND_{b.name[-1]}", f"{scale:.2e}") for b in sr]
     params += [(f"REFLECTANCE_ADD_BAND_{b.name[-1]}", f"{offset:g}") for b in sr]
+    l1_id = pid.replace(f"_{level}_", "_L1TP_" if pid.endswith("_T1") else "_L1GT_")
+    level1 = [
+        ("ORIGIN", origin),
+        ("DIGITAL_OBJECT_IDENTIFIER", q(LANDSAT_L1_DOI)),
+        ("LANDSAT_SCENE_ID", q(landsat_scene_id(spec))),
+        ("LANDSAT_PRODUCT_ID", q(l1_id)),
+        ("PROCESSING_LEVEL", q(l1_id.split("_")[1])),
+        ("COLLECTION_CATEGORY", q(pid.rsplit("_", 1)[1])),
+        ("OUTPUT_FORMAT", q("GEOTIFF")),
+        ("DATE_PRODUCT_GENERATED", f"{day}T11:00:00Z"),
+        ("PROCESSING_SOFTWARE_VERSION", q("LPGS_16.4.0")),
+    ]
     return _odl(
         [
             ("PRODUCT_CONTENTS", contents),
@@ -1238,6 +1470,7 @@ def landsat_mtl(
             ("PROJECTION_ATTRIBUTES", projection),
             ("LEVEL2_PROCESSING_RECORD", record),
             ("LEVEL2_SURFACE_REFLECTANCE_PARAMETERS", params),
+            ("LEVEL1_PROCESSING_RECORD", level1),
         ]
     )
 
@@ -1247,6 +1480,16 @@ def landsat_mtl(
 EO = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
 RASTER = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+PROCESSING = "https://stac-extensions.github.io/processing/v1.1.0/schema.json"
+#: What the quality assets hold and their roles, as Earth Search v1 / USGS items give them.
+QUALITY_ASSETS: dict[str, tuple[str, list[str]]] = {
+    "SCL": ("Scene classification map (SCL)", ["data"]),
+    "QA_PIXEL": (
+        "Pixel Quality Assessment Band",
+        ["cloud", "cloud-shadow", "snow-ice", "water-mask"],
+    ),
+    "QA_RADSAT": ("Radiometric Saturation Quality Assessment Band", ["saturation"]),
+}
 COLLECTIONS = {
     SENTINEL2_L2A.key: ("sentinel-2-l2a", "Sentinel-2 L2A (synthetic demo scenes)"),
     LANDSAT_C2L2.key: ("landsat-c2-l2", "Landsat 8/9 Collection 2 Level-2 (synthetic demo)"),
@@ -1274,10 +1517,17 @@ def stac_item(record: SceneRecord) -> pystac.Item:
         "proj:code": CRS,
     }
     if s2:
+        ids = _s2_ids(spec)
         props.update(
             {
                 "constellation": "sentinel-2",
+                "processing:level": "L2A",
                 "s2:processing_baseline": spec.baseline,
+                # DNs as ESA wrote them; raster:bands offset carries BOA_ADD_OFFSET
+                "earthsearch:boa_offset_applied": False,
+                "s2:datatake_id": ids["datatake"],
+                "s2:datastrip_id": ids["datastrip"],
+                "s2:granule_id": ids["granule"],
                 "s2:product_type": "S2MSI2A",
                 "s2:product_uri": f"{spec.scene_id}.SAFE",
                 "s2:mgrs_tile": MGRS_TILE,
@@ -1293,8 +1543,9 @@ def stac_item(record: SceneRecord) -> pystac.Item:
                 "landsat:wrs_path": spec.scene_id[10:13],
                 "landsat:wrs_row": spec.scene_id[13:16],
                 "landsat:collection_category": spec.scene_id.rsplit("_", 1)[1],
-                "landsat:collection_number": "02",
-                "landsat:correction": "L2SP",
+                "landsat:collection_number": spec.scene_id.split("_")[5],
+                "landsat:correction": spec.scene_id.split("_")[1],  # L2SP / L2SR
+                "landsat:scene_id": landsat_scene_id(spec),
             }
         )
     item = pystac.Item(
@@ -1303,7 +1554,7 @@ def stac_item(record: SceneRecord) -> pystac.Item:
         bbox=[min(lons), min(lats), max(lons), max(lats)],
         datetime=spec.sensing,
         properties=props,
-        stac_extensions=[EO, RASTER, PROJECTION],
+        stac_extensions=[EO, RASTER, PROJECTION, *([PROCESSING] if s2 else [])],
     )
     scale, offset = spec.scaling
     for band in spec.sensor.bands:
@@ -1317,10 +1568,12 @@ def stac_item(record: SceneRecord) -> pystac.Item:
             raster.update(nodata=0, data_type="uint16", scale=scale, offset=offset)
             roles = ["data", "reflectance"]
         else:
-            key = band.name.lower()  # scl, qa_pixel
-            eo["description"] = "scene classification" if s2 else "pixel quality bit flags"
-            raster.update(nodata=0 if s2 else 1, data_type="uint8" if s2 else "uint16")
-            roles = ["data"]
+            key = band.name.lower()  # scl, qa_pixel, qa_radsat
+            eo["description"], roles = QUALITY_ASSETS[band.name]
+            nodata = {"SCL": 0, "QA_PIXEL": 1}.get(band.name)
+            raster.update(data_type="uint8" if s2 else "uint16")
+            if nodata is not None:
+                raster["nodata"] = nodata
         item.add_asset(
             key,
             pystac.Asset(
