@@ -2,8 +2,10 @@
 
 Pixel encoding (``tiles`` band columns): raw little-endian, C-order bytes of a
 ``(height, width)`` array of dtype ``tiles.dtype`` (see :mod:`udfs.tiling`); ``valid`` is
-the bit-packed (``np.packbits``) mask of pixels that hold data in every band. Columns that
-a sensor lacks are null (Landsat has no ``rededge1``).
+the bit-packed (``np.packbits``) mask of pixels that hold data in every reflectance band
+(quality bands such as ``qa`` and ``radsat`` do not count). Columns that a sensor lacks are
+null (Landsat has no ``rededge1``), and so is an optional band the product lacks (Landsat
+``radsat`` where a catalogue omits ``QA_RADSAT``; ``scenes.bands`` then does not list it).
 
 ``predictions`` uses the same encoding on the tile's grid: ``classes`` holds class codes
 of dtype ``predictions.dtype`` (uint8, or uint16 for codes above 254) with
@@ -44,11 +46,15 @@ SCENES = StructType(
     [
         _f("scene_id", StringType(), False),
         _f("sensor", StringType(), False),
-        _f("platform", StringType()),
+        _f("platform", StringType()),  # STAC convention: sentinel-2a, landsat-8
         _f("acquired", TimestampType(), False),  # UTC
         _f("acquired_date", DateType(), False),
-        _f("processing_level", StringType()),
+        _f("processing_level", StringType()),  # as the product says: L2A, L1C, L2SP, L2SR
+        # S2 processing baseline (``05.10``, L1C too); Landsat: Collection number (``02``)
         _f("processing_baseline", StringType()),
+        # ``surface`` (S2 L2A, Landsat C2 L2 SR) or ``toa`` (S2 L1C top of atmosphere):
+        # models never mix the two
+        _f("radiometry", StringType()),
         _f("crs_epsg", IntegerType()),
         _f("crs_wkt", StringType()),
         _f("width", IntegerType(), False),  # scene grid, pixels
@@ -85,6 +91,11 @@ SCENES = StructType(
                 ),
             ),
         ),
+        # what gave ``scaling`` (udfs.metadata.SCALING_SOURCES): ``metadata`` (MTD offset
+        # list, MTL REFLECTANCE_*), ``baseline rule`` (S2 without an offset list: -1000 DN
+        # from baseline 04.00, 0 before), ``date rule``, ``stac raster:bands``,
+        # ``stac offset applied`` or ``sensor default``; several joined by " + "
+        _f("scaling_source", StringType()),
         _f("nodata", IntegerType()),
         _f("source", StringType()),  # folder or STAC item the scene came from
         _f("layout", StringType()),
@@ -136,14 +147,21 @@ TILE_FEATURES = StructType(
     [
         *TILE_KEY_FIELDS,
         _f("sensor", StringType(), False),
+        # ``surface`` or ``toa`` (S2 L1C): top-of-atmosphere stats are not surface ones
+        _f("radiometry", StringType(), False),
         _f("acquired_date", DateType(), False),
+        # Counts, fractions and stats cover the tile's core only (each scene pixel once,
+        # whatever ingest.overlap), so sums over tiles are scene totals.
         _f("pixel_count", LongType(), False),
         _f("valid_count", LongType(), False),  # neither nodata nor masked (cloud, snow ...)
         _f("valid_fraction", DoubleType()),  # valid_count / pixel_count
-        _f("cloud_fraction", DoubleType()),  # cloud+shadow / pixels with data; NaN if none
-        _f("usable", BooleanType(), False),  # valid_fraction > 0, cloud <= max_cloud_fraction
+        # cloud+shadow / pixels with data; NaN if no data or no quality band (S2 L1C)
+        _f("cloud_fraction", DoubleType()),
+        # known to be clear enough: valid_count > 0 and a known cloud <= max_cloud_fraction
+        _f("usable", BooleanType(), False),
         # layer (band column or lower-case index name) -> statistics over valid pixels;
-        # reflectance and indices are unitless
+        # reflectance (measured value, may be < 0) and indices (NaN where an input is < 0
+        # or outside the index's range: not counted) are unitless
         _f("stats", MapType(StringType(), STAT_STRUCT)),
         _f("features_digest", StringType(), False),
         _f("run_id", StringType(), False),
@@ -210,6 +228,8 @@ TILE_PREDICTIONS = StructType(
         *MODEL_KEY_FIELDS,
         _f("sensor", StringType(), False),
         _f("acquired_date", DateType(), False),
+        # Counts cover the tile's core only (each scene pixel once, whatever
+        # ingest.overlap); the ``predictions`` rasters cover the whole stored tile.
         _f("pixel_count", LongType(), False),
         _f("classified_count", LongType(), False),  # pixels with a class (not 0)
         _f("class_counts", MapType(IntegerType(), LongType())),  # every model class, 0s too

@@ -1,9 +1,14 @@
 """Find scenes in a source: a folder of products or a STAC catalog / ItemCollection / Item.
 
-Discovery only lists files and parses catalogue JSON; it opens no raster. Each candidate
-becomes a :class:`~udfs.reader.SceneSource` or a :class:`~udfs.errors.SceneError` (unknown
-layout, missing band, STAC item without the needed assets), so every input is accounted
-for.
+Discovery lists files, parses catalogue JSON and reads the products' small metadata files
+(MTD, MTL, tileInfo.json, a STAC item beside a COG folder); it opens no raster. The sensor,
+and so the band mapping, comes from that metadata (:mod:`udfs.metadata`); a product name
+that disagrees is rejected. Each candidate becomes a :class:`~udfs.reader.SceneSource` or a
+:class:`~udfs.errors.SceneError` (unknown layout, missing band, empty catalogue, metadata
+that disagrees with the name), so every input is accounted for.
+
+Optional bands (Landsat ``QA_RADSAT``) are picked up when present; only the sensor's
+``required_bands`` must be there.
 """
 
 from __future__ import annotations
@@ -11,12 +16,20 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pystac
 
-from udfs.errors import MissingBandError, SceneError, UnknownLayoutError
+from udfs import metadata
+from udfs.errors import (
+    EmptyCatalogError,
+    MetadataError,
+    MissingBandError,
+    SceneError,
+    UnknownLayoutError,
+)
 from udfs.reader import SceneSource
 from udfs.sensors import SENSORS, Sensor
 
@@ -24,25 +37,21 @@ RASTER_EXT = (".tif", ".tiff", ".jp2")
 # SAFE granule files: T31UFU_20240621T103629_B02_10m.jp2 (L2A) or ..._B02.jp2 (L1C)
 _SAFE_BAND = re.compile(r"_(B\d\d|B8A|SCL)(?:_(\d+)m)?\.(?:jp2|tif|tiff)$", re.IGNORECASE)
 # USGS Collection 2: LC09_L2SP_198025_20240726_20240801_02_T1_SR_B4.TIF
-_USGS_BAND = re.compile(r"_(SR_B\d|QA_PIXEL)\.(?:tif|tiff)$", re.IGNORECASE)
+_USGS_BAND = re.compile(r"_(SR_B\d|QA_PIXEL|QA_RADSAT)\.(?:tif|tiff)$", re.IGNORECASE)
 _USGS_ID = re.compile(r"^(L[CTEO]0\d)_(L2SP|L2SR)_\d{6}_\d{8}_\d{8}_02_(T1|T2|RT)")
+_NO_METADATA = "product metadata (<folder>.json STAC item, tileInfo.json or MTD_MSIL*.xml)"
 
 Candidate = SceneSource | SceneError
-
-
-def landsat_sensor(product_id: str) -> str:
-    """Sensor key for a Landsat product id: OLI (LC08/LC09) or TM/ETM+ (LT04/LT05/LE07)."""
-    return (
-        "landsat-c2l2"
-        if product_id[:4] in ("LC08", "LC09", "LO08", "LO09")
-        else ("landsat-c2l2-tm")
-    )
 
 
 def _require_bands(
     sensor: Sensor, found: dict[str, str], scene_id: str, origin: str
 ) -> dict[str, str]:
-    missing = [b.name for b in sensor.bands if b.name not in found]
+    """The sensor's bands that were found (optional ones only where present), in band order.
+
+    Raises :class:`MissingBandError` when a required band is absent.
+    """
+    missing = [b.name for b in sensor.required_bands if b.name not in found]
     if missing:
         raise MissingBandError(
             f"{sensor.key} scene lacks band(s) {', '.join(missing)} "
@@ -51,7 +60,38 @@ def _require_bands(
             href=origin,
             stage="discover",
         )
-    return {b.name: found[b.name] for b in sensor.bands}
+    return {b.name: found[b.name] for b in sensor.bands if b.name in found}
+
+
+def _identify(
+    parse: Callable[[], metadata.ProductInfo],
+    scene_id: str,
+    href: str,
+    names: list[tuple[str, str, metadata.NameInfo | None]],
+) -> metadata.ProductInfo:
+    """Parse the product's metadata and cross-check it with the names it goes by.
+
+    ``names``: ``(name, what, said)`` as :func:`udfs.metadata.check_name` takes them.
+    Re-raises metadata errors with the scene, the file and stage ``discover``.
+    """
+    try:
+        info = parse()
+        for name, what, said in names:
+            metadata.check_name(info, name, what, said)
+    except MetadataError as e:
+        raise type(e)(e.reason, scene_id=scene_id, href=href, stage="discover") from e
+    except (KeyError, ValueError, TypeError, OSError) as e:
+        raise MetadataError(
+            f"metadata not readable or not understood: {e!r}",
+            scene_id=scene_id,
+            href=href,
+            stage="discover",
+        ) from e
+    return info
+
+
+def _text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
 
 
 def _safe_scene(folder: Path) -> SceneSource:
@@ -64,7 +104,14 @@ def _safe_scene(folder: Path) -> SceneSource:
             href=str(folder),
             stage="discover",
         )
-    sensor = SENSORS["sentinel2-l2a" if "L2A" in mtd.name else "sentinel2-l1c"]
+    file_level = metadata.NameInfo(processing_level=metadata.s2_level(mtd.stem))
+    info = _identify(
+        lambda: metadata.parse_s2_mtd(_text(mtd)),
+        scene_id,
+        str(mtd),
+        [(folder.name, "SAFE folder name", None), (mtd.name, "metadata file name", file_level)],
+    )
+    sensor = SENSORS[str(info.sensor)]
     found: dict[str, tuple[int, str]] = {}
     for path in sorted((folder / "GRANULE").glob("*/IMG_DATA/**/*")):
         m = _SAFE_BAND.search(path.name)
@@ -92,7 +139,13 @@ def _usgs_scene(folder: Path, files: list[str]) -> SceneSource:
             href=str(folder),
             stage="discover",
         )
-    sensor = SENSORS[landsat_sensor(scene_id)]
+    info = _identify(
+        lambda: metadata.parse_landsat_mtl(_text(folder / mtl)),
+        scene_id,
+        str(folder / mtl),
+        [(scene_id, "product id in the file names", None)],
+    )
+    sensor = SENSORS[str(info.sensor)]
     found = {}
     for f in files:
         m = _USGS_BAND.search(f)
@@ -104,44 +157,59 @@ def _usgs_scene(folder: Path, files: list[str]) -> SceneSource:
     )
 
 
+def _no_metadata(folder: Path, stems: set[str]) -> SceneError:
+    """The error for Sentinel-2 band files without any product metadata: what they look
+    like (L2A- or L1C-like, and why) and everything that is missing."""
+    said = metadata.name_info(folder.name)
+    if said.processing_level:
+        level, why = said.processing_level, f"the folder name says {said.processing_level}"
+    elif "B10" in stems:
+        level, why = "L1C", "B10 is present"
+    else:
+        level, why = "L2A", "B10 is absent" + (" and SCL present" if "SCL" in stems else "")
+    sensor = SENSORS[metadata.sensor_key_for(said.platform or "sentinel-2a", level)]
+    missing = [b.name for b in sensor.required_bands if b.name not in stems]
+    lacking = ", ".join([*missing, _NO_METADATA])
+    reason = (
+        f"Sentinel-2 band files ({level}-like: {why}) lacking {lacking}; "
+        f"found {', '.join(sorted(stems))}"
+    )
+    cls = MissingBandError if missing else UnknownLayoutError
+    return cls(reason, scene_id=folder.name, href=str(folder), stage="discover")
+
+
 def _cog_folder_scene(folder: Path, files: list[str]) -> SceneSource:
     """Earth Search / AWS COG folder: ``B02.tif`` ... beside a STAC item or tileInfo.json."""
     stem = {os.path.splitext(f)[0].upper(): f for f in files if f.lower().endswith(RASTER_EXT)}
-    key = "sentinel2-l2a" if "SCL" in stem else "sentinel2-l1c"
-    sensor = SENSORS[key]
     scene_id = folder.name
+    item_json = folder / f"{scene_id}.json"
+    tileinfo = folder / "tileInfo.json"
+    names: list[tuple[str, str, metadata.NameInfo | None]] = [(scene_id, "folder name", None)]
+    if item_json.is_file():
+        item = _read_item(item_json, scene_id)
+        names.append((item.id, "STAC item id", None))
+        info = _identify(lambda: _stac_info(item), scene_id, str(item_json), names)
+        sensor = SENSORS[str(info.sensor)]
+        _, scaling = _stac_assets(item, sensor)
+        meta: dict[str, Any] = {
+            "metadata_kind": "stac",
+            "metadata_href": str(item_json),
+            "properties": dict(item.properties),
+            "asset_scaling": scaling,
+            "item_id": item.id,
+            "collection": item.collection_id,
+        }
+    elif tileinfo.is_file():
+        info = _identify(
+            lambda: metadata.parse_s2_tileinfo(_text(tileinfo)), scene_id, str(tileinfo), names
+        )
+        sensor = SENSORS[str(info.sensor)]
+        meta = {"metadata_kind": "tileinfo", "metadata_href": str(tileinfo)}
+    else:
+        raise _no_metadata(folder, set(stem))
     found = {b.name: str(folder / stem[b.name]) for b in sensor.bands if b.name in stem}
     bands = _require_bands(sensor, found, scene_id, str(folder))
-    item_json = folder / f"{scene_id}.json"
-    if item_json.is_file():
-        item = json.loads(item_json.read_text())
-        return SceneSource(
-            scene_id,
-            key,
-            "cog-folder",
-            str(folder),
-            bands,
-            "stac",
-            None,
-            item.get("properties", {}),
-        )
-    if (folder / "tileInfo.json").is_file():
-        return SceneSource(
-            scene_id,
-            key,
-            "cog-folder",
-            str(folder),
-            bands,
-            "tileinfo",
-            str(folder / "tileInfo.json"),
-        )
-    raise UnknownLayoutError(
-        "Sentinel-2 band files without product metadata (no <scene>.json STAC item, "
-        "tileInfo.json or MTD_MSIL*.xml)",
-        scene_id=scene_id,
-        href=str(folder),
-        stage="discover",
-    )
+    return SceneSource(scene_id, sensor.key, "cog-folder", str(folder), bands, **meta)
 
 
 def classify_folder(folder: Path, files: list[str]) -> SceneSource | None:
@@ -189,24 +257,31 @@ def discover_folder(root: Path) -> list[Candidate]:
 # ----------------------------------------------------------------------------- STAC
 
 
-def _stac_sensor(item: pystac.Item) -> str | None:
-    props = item.properties
-    platform = str(props.get("platform", "")).lower().replace("_", "-")
-    if not platform:  # older catalogues: the product id tells the platform
-        if m := re.match(r"^L[COTE]0(\d)_", item.id):
-            platform = f"landsat-{m.group(1)}"
-        elif m := re.match(r"^S2([ABC])_", item.id):
-            platform = f"sentinel-2{m.group(1).lower()}"
-    text = " ".join(
-        str(x).lower() for x in (item.collection_id, props.get("s2:product_type"), item.id)
+def _read_item(path: Path, scene_id: str) -> pystac.Item:
+    try:
+        return pystac.Item.from_dict(json.loads(_text(path)))
+    except (OSError, json.JSONDecodeError, pystac.STACError, KeyError, TypeError) as e:
+        raise MetadataError(
+            f"STAC item beside the band files is not readable: {e}",
+            scene_id=scene_id,
+            href=str(path),
+            stage="discover",
+        ) from e
+
+
+def _stac_info(item: pystac.Item) -> metadata.ProductInfo:
+    """Identity and scaling of a STAC item (raster:bands of its mapped assets included)."""
+    key = metadata.sensor_key_for(
+        metadata.stac_platform(item.properties, item.id) or "unknown",
+        metadata.stac_level(item.properties, item.id, item.collection_id),
     )
-    if platform.startswith("sentinel-2"):
-        return "sentinel2-l1c" if ("l1c" in text or "msi1c" in text) else "sentinel2-l2a"
-    if platform.startswith("landsat"):
-        if "l2" not in text and "sr" not in text:
-            return None
-        return "landsat-c2l2" if platform in ("landsat-8", "landsat-9") else "landsat-c2l2-tm"
-    return None
+    _, scaling = _stac_assets(item, SENSORS[key])
+    return metadata.parse_stac_properties(
+        item.properties,
+        {k: (v[0], v[1]) for k, v in scaling.items()},
+        item.id,
+        item.collection_id,
+    )
 
 
 def _asset_band(key: str, asset: pystac.Asset, sensor: Sensor) -> str | None:
@@ -224,19 +299,10 @@ def _asset_band(key: str, asset: pystac.Asset, sensor: Sensor) -> str | None:
     return None
 
 
-def stac_item_scene(item: pystac.Item, origin: str) -> SceneSource:
-    """Map a STAC Item's assets to the sensor's bands (by key, eo:bands name or common name)."""
-    key = _stac_sensor(item)
-    if key is None:
-        raise UnknownLayoutError(
-            f"STAC item of platform {item.properties.get('platform')!r}, collection "
-            f"{item.collection_id!r} is not a supported product (Sentinel-2 L2A/L1C, Landsat "
-            f"Collection 2 Level-2)",
-            scene_id=item.id,
-            href=origin,
-            stage="discover",
-        )
-    sensor = SENSORS[key]
+def _stac_assets(
+    item: pystac.Item, sensor: Sensor
+) -> tuple[dict[str, str], dict[str, list[float]]]:
+    """Band -> href and band -> [scale, offset] (``raster:bands``) of the item's assets."""
     found: dict[str, str] = {}
     scaling: dict[str, list[float]] = {}
     for akey, asset in item.assets.items():
@@ -249,9 +315,44 @@ def stac_item_scene(item: pystac.Item, origin: str) -> SceneSource:
         rb = (asset.extra_fields.get("raster:bands") or [{}])[0]
         if "scale" in rb or "offset" in rb:
             scaling[band] = [float(rb.get("scale", 1.0)), float(rb.get("offset", 0.0))]
+    return found, scaling
+
+
+def stac_item_scene(item: pystac.Item, origin: str) -> SceneSource:
+    """Map a STAC Item's assets to the sensor's bands (by key, eo:bands name or common name).
+
+    The sensor comes from the item's properties (``platform``, ``s2:product_type``,
+    ``landsat:correction``), cross-checked with the item id.
+    """
+    platform = metadata.stac_platform(item.properties, item.id)
+    level = metadata.stac_level(item.properties, item.id, item.collection_id)
+    try:
+        metadata.sensor_key_for(platform or "unknown", level)
+    except MetadataError as e:
+        raise UnknownLayoutError(
+            f"STAC item of platform {platform!r}, level {level!r}, collection "
+            f"{item.collection_id!r} is not a supported product (Sentinel-2 L2A/L1C, Landsat "
+            f"Collection 2 Level-2)",
+            scene_id=item.id,
+            href=origin,
+            stage="discover",
+        ) from e
+    info = _identify(lambda: _stac_info(item), item.id, origin, [(item.id, "STAC item id", None)])
+    sensor = SENSORS[str(info.sensor)]
+    found, scaling = _stac_assets(item, sensor)
     bands = _require_bands(sensor, found, item.id, origin)
     return SceneSource(
-        item.id, key, "stac", origin, bands, "stac", None, dict(item.properties), scaling
+        item.id,
+        sensor.key,
+        "stac",
+        origin,
+        bands,
+        "stac",
+        None,
+        dict(item.properties),
+        scaling,
+        item.id,
+        item.collection_id,
     )
 
 
@@ -270,13 +371,26 @@ def _items_of(doc: dict[str, Any], path: str) -> list[tuple[pystac.Item, str]]:
                 if "://" not in asset.href and not os.path.isabs(asset.href):
                     asset.href = os.path.join(base, asset.href)
             out.append((item, f"{path}#{i}"))
+        if not out:
+            raise EmptyCatalogError(
+                f"STAC ItemCollection at {path} holds no items", href=path, stage="discover"
+            )
         return out
     cat = pystac.read_file(path)
     if not isinstance(cat, pystac.Catalog):
         raise UnknownLayoutError(
             f"STAC {kind} is neither Catalog, Collection nor Item", href=path, stage="discover"
         )
-    return [(it, it.get_self_href() or path) for it in cat.get_items(recursive=True)]
+    items = [(it, it.get_self_href() or path) for it in cat.get_items(recursive=True)]
+    if not items:
+        what = "Collection" if isinstance(cat, pystac.Collection) else "Catalog"
+        raise EmptyCatalogError(
+            f"STAC {what} {cat.id!r} at {path} holds no items (no item links, also not in "
+            f"its child catalogues)",
+            href=path,
+            stage="discover",
+        )
+    return items
 
 
 def discover_stac(path: str) -> list[Candidate]:
@@ -285,6 +399,8 @@ def discover_stac(path: str) -> list[Candidate]:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
         items = _items_of(doc, path)
+    except SceneError as e:
+        return [e]
     except (OSError, json.JSONDecodeError, pystac.STACError, KeyError, TypeError) as e:
         return [
             UnknownLayoutError(f"not a readable STAC document: {e}", href=path, stage="discover")
@@ -296,6 +412,21 @@ def discover_stac(path: str) -> list[Candidate]:
         except SceneError as e:
             out.append(e)
     return out
+
+
+def _not_a_source(part: str) -> SceneError:
+    """The error for a ``--source`` entry that is neither a folder nor a STAC .json."""
+    if os.path.isfile(part) and part.lower().endswith(RASTER_EXT):
+        reason = (
+            "source is a single raster file, not a product: give the folder that holds the "
+            "product's band files and metadata (Sentinel-2 SAFE or COG folder, Landsat "
+            "Collection 2 folder), or a STAC Item / Catalog .json"
+        )
+    elif os.path.exists(part):
+        reason = "source is neither a folder nor a STAC .json file"
+    else:
+        reason = "source does not exist"
+    return UnknownLayoutError(reason, href=part, stage="discover")
 
 
 def discover(source: str) -> list[Candidate]:
@@ -310,11 +441,5 @@ def discover(source: str) -> list[Candidate]:
         elif os.path.isdir(part):
             out += discover_folder(Path(part))
         else:
-            out.append(
-                UnknownLayoutError(
-                    "source does not exist or is neither a folder nor a STAC .json file",
-                    href=part,
-                    stage="discover",
-                )
-            )
+            out.append(_not_a_source(part))
     return out

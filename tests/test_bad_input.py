@@ -85,6 +85,19 @@ def bad_run(spark, demo_root, tmp_path_factory):
     one(s, "_MTL.txt").write_text("GROUP = LANDSAT_METADATA_FILE\n  what is this\n")
     ids["mtl"] = s.name
 
+    s = clone(good, src, pid.replace("0101", "0901"))  # names say LC08, MTL says LANDSAT_7
+    mtl = one(s, "_MTL.txt")
+    assert mtl.read_text().count('SPACECRAFT_ID = "LANDSAT_8"') == 1
+    mtl.write_text(mtl.read_text().replace('"LANDSAT_8"', '"LANDSAT_7"'))
+    ids["mismatch"] = s.name
+
+    # Sentinel-2 L2A-like band files (no B10) without SCL and without any metadata
+    bands = src / "S2_bands_only"
+    bands.mkdir()
+    for b in ("B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12").split():
+        shutil.copyfile(one(good, "_SR_B1.TIF"), bands / f"{b}.tif")
+    extra = {"bands_only": str(bands)}
+
     odd = src / "holiday_photos"  # rasters in no known layout
     odd.mkdir()
     with rasterio.open(one(good, "_SR_B1.TIF")) as ds:
@@ -123,17 +136,30 @@ def bad_run(spark, demo_root, tmp_path_factory):
     partial = dict(
         item,
         id="S2B_MSIL2A_20240102T000000_N0510_R000_T31UFU",
+        properties={"datetime": "2024-01-02T00:00:00Z", "platform": "sentinel-2b"},
         assets={"red": item["assets"]["red"], "nir": item["assets"]["nir"]},
     )
     stac.write_text(json.dumps({"type": "FeatureCollection", "features": [item, partial]}))
     ids["unreadable"] = item["id"]
     ids["stac_assets"] = partial["id"]
 
-    config = load_config("local", [f"ingest.source={src},{stac}", f"storage.root={base / 'lake'}"])
+    empty = base / "empty_catalog.json"  # a STAC Catalog without items
+    empty.write_text(
+        json.dumps(
+            {"type": "Catalog", "stac_version": "1.0.0", "id": "empty", "description": "none",
+             "links": []}
+        )
+    )  # fmt: skip
+    extra["empty_catalog"] = str(empty)
+    single = one(good, "_SR_B4.TIF")  # one band file given as a source of its own
+    extra["single_raster"] = str(single)
+
+    sources = ",".join(str(p) for p in (src, stac, empty, single))
+    config = load_config("local", [f"ingest.source={sources}", f"storage.root={base / 'lake'}"])
     lake = Lakehouse(spark, config.storage)
     run = ingest(spark, lake, Run(config))
     record_run(spark, lake, run, "succeeded")
-    return run, lake, ids, good.name, odd
+    return run, lake, ids, good.name, odd, extra
 
 
 def reason_of(run: Run, scene_id: str) -> dict:
@@ -154,10 +180,11 @@ def reason_of(run: Run, scene_id: str) -> dict:
         ("mtl", "BadMetadata", ["MTL"]),
         ("unreadable", "RasterRead", ["does not exist"]),
         ("stac_assets", "MissingBand", ["B02", "lacks"]),
+        ("mismatch", "ProductMismatch", ["'landsat-8'", "'landsat-7'", "_MTL.txt"]),
     ],
 )
 def test_each_bad_input_is_rejected_with_its_reason(bad_run, case, error_class, words):
-    run, _, ids, _, _ = bad_run
+    run, _, ids, _, _, _ = bad_run
     r = reason_of(run, ids[case])
     assert r["error_class"] == error_class, r
     for w in words:
@@ -165,15 +192,35 @@ def test_each_bad_input_is_rejected_with_its_reason(bad_run, case, error_class, 
     assert r["href"], r
 
 
+@pytest.mark.parametrize(
+    "case, error_class, words",
+    [
+        ("bands_only", "MissingBand", ["Sentinel-2 band files (L2A-like: B10 is absent)",
+                                        "lacking SCL, product metadata"]),
+        ("empty_catalog", "EmptyCatalog", ["STAC Catalog 'empty'", "holds no items"]),
+        ("single_raster", "UnknownLayout", ["single raster file"]),
+    ],
+)  # fmt: skip
+def test_inputs_without_a_scene_id_are_rejected_with_the_right_words(
+    bad_run, case, error_class, words
+):
+    run, _, _, _, _, extra = bad_run
+    (r,) = [r for r in run.rejected if r["href"] == extra[case]]
+    assert r["error_class"] == error_class, r
+    for w in words:
+        assert w in r["reason"], r
+    assert "does not exist" not in r["reason"]
+
+
 def test_truncated_file_is_named_and_its_tiles_removed(bad_run):
-    run, lake, ids, _, _ = bad_run
+    run, lake, ids, _, _, _ = bad_run
     r = reason_of(run, ids["truncated"])
     assert r["href"].endswith("_SR_B3.TIF") and r["stage"] == "read"
     assert lake.read("tiles").filter(F.col("scene_id") == ids["truncated"]).count() == 0
 
 
 def test_unknown_layout_names_the_folder(bad_run):
-    run, _, _, _, odd = bad_run
+    run, _, _, _, odd, _ = bad_run
     r = [r for r in run.rejected if r["href"] == str(odd)]
     assert (
         len(r) == 1 and r[0]["error_class"] == "UnknownLayout" and "IMG_0001.tif" in r[0]["reason"]
@@ -181,15 +228,16 @@ def test_unknown_layout_names_the_folder(bad_run):
 
 
 def test_good_scene_of_the_same_run_is_ingested(bad_run):
-    run, lake, _, good, _ = bad_run
+    run, lake, _, good, _, _ = bad_run
     assert run.ingested == [good]
     assert [r.scene_id for r in lake.read("scenes").collect()] == [good]
     assert lake.read("tiles").select("scene_id").distinct().collect()[0].scene_id == good
 
 
 def test_every_input_is_accounted_for_exactly_once(bad_run):
-    run, lake, ids, good, _ = bad_run
-    assert run.seen == len(ids) + 2  # + the good scene + the unknown-layout folder
+    run, lake, ids, good, _, extra = bad_run
+    # + the good scene + the unknown-layout folder + the inputs without a scene id
+    assert run.seen == len(ids) + 2 + len(extra)
     assert len(run.ingested) + len(run.rejected) == run.seen
     rejected = lake.read("rejected").filter(F.col("run_id") == run.run_id)
     assert rejected.count() == len(run.rejected)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from pipelines.discover import discover
-from udfs.errors import MissingBandError, SceneError, UnknownLayoutError
+from udfs.errors import (
+    EmptyCatalogError,
+    MissingBandError,
+    ProductMismatchError,
+    SceneError,
+    UnknownLayoutError,
+)
 from udfs.reader import SceneSource
 
 
@@ -23,9 +32,12 @@ def test_real_sample_folders_are_recognised(shared_data):
     ls = scenes["LC08_L2SP_001062_20201031_20201106_02_T2"]
     assert ls.sensor == "landsat-c2l2" and ls.metadata_kind == "mtl"
     assert ls.bands["QA_PIXEL"].endswith("_QA_PIXEL.TIF")
-    errors = [c for c in found if isinstance(c, SceneError)]
-    assert len(errors) == 1 and isinstance(errors[0], UnknownLayoutError)
-    assert "RGB.byte.tif" in errors[0].reason
+    assert ls.bands["QA_RADSAT"].endswith("_QA_RADSAT.TIF")  # optional band, present here
+    errors = {Path(c.href).name: c for c in found if isinstance(c, SceneError)}
+    # the loose RGB file in the top folder, and the metadata-only SAFEs of s2-metadata/
+    assert isinstance(errors.pop("data"), UnknownLayoutError)
+    assert sorted(errors) == sorted(p.name for p in (shared_data / "s2-metadata").iterdir())
+    assert all(isinstance(e, MissingBandError) and "B02" in e.reason for e in errors.values())
 
 
 @pytest.mark.parametrize(
@@ -89,3 +101,104 @@ def test_cog_folder_missing_a_band(tmp_path, raster_factory):
     (err,) = discover(str(tmp_path))
     assert isinstance(err, MissingBandError)
     assert "B08" in err.reason and err.href == str(scene)
+
+
+LANDSAT = "LC08_L2SP_001062_20201031_20201106_02_T2"
+
+
+def link_folder(src: Path, dst: Path, skip: tuple[str, ...] = (), rename=None) -> Path:
+    """``dst`` holding symlinks to the files of ``src`` (except names ending in ``skip``)."""
+    dst.mkdir(parents=True)
+    for f in sorted(src.iterdir()):
+        if not f.name.endswith(skip):
+            (dst / (rename(f.name) if rename else f.name)).symlink_to(f)
+    return dst
+
+
+def test_qa_radsat_is_picked_up_and_optional(shared_data, tmp_path):
+    from udfs.reader import inspect_scene
+
+    folder = link_folder(shared_data / LANDSAT, tmp_path / LANDSAT, skip=("_QA_RADSAT.TIF",))
+    (scene,) = discover(str(tmp_path))
+    assert isinstance(scene, SceneSource), scene
+    assert "QA_RADSAT" not in scene.bands and "QA_PIXEL" in scene.bands
+    info = inspect_scene(scene)
+    assert [b["name"] for b in info["bands"]] == [f"SR_B{n}" for n in range(1, 8)] + ["QA_PIXEL"]
+    assert folder.is_dir()
+
+
+def test_qa_radsat_asset_of_a_stac_item_is_picked_up(shared_data):
+    item = shared_data / "stac" / "odc-stac" / "LE07_L2SP_044033_20210329_20210424_02_T1_SR.json"
+    (scene,) = discover(str(item))
+    assert scene.bands["QA_RADSAT"].endswith("_QA_RADSAT.TIF")
+
+
+def test_spacecraft_in_the_mtl_decides_and_a_disagreeing_name_is_rejected(shared_data, tmp_path):
+    folder = link_folder(shared_data / LANDSAT, tmp_path / LANDSAT, skip=("_MTL.txt",))
+    mtl = (shared_data / LANDSAT / f"{LANDSAT}_MTL.txt").read_text()
+    assert mtl.count('SPACECRAFT_ID = "LANDSAT_8"') == 1
+    (folder / f"{LANDSAT}_MTL.txt").write_text(mtl.replace('"LANDSAT_8"', '"LANDSAT_7"'))
+    (err,) = discover(str(tmp_path))
+    assert isinstance(err, ProductMismatchError) and err.error_class == "ProductMismatch"
+    assert "'landsat-8'" in err.reason and "'landsat-7'" in err.reason
+    assert err.scene_id == LANDSAT and err.href.endswith("_MTL.txt")
+
+
+def test_stac_item_whose_id_disagrees_with_its_platform_is_rejected(shared_data, tmp_path):
+    src = shared_data / "stac" / "odc-stac" / "LC08_L2SP_028030_20200114_20200824_02_T1_SR.json"
+    doc = json.loads(src.read_text())
+    doc["properties"]["platform"] = "LANDSAT_9"
+    path = tmp_path / "item.json"
+    path.write_text(json.dumps(doc))
+    (err,) = discover(str(path))
+    assert isinstance(err, ProductMismatchError)
+    assert "'landsat-8'" in err.reason and "'landsat-9'" in err.reason
+
+
+def test_empty_stac_catalog_and_collection_are_rejected_with_a_reason(shared_data, tmp_path):
+    import pystac
+
+    cat = pystac.Catalog(id="nothing-here", description="no items")
+    cat.normalize_hrefs(str(tmp_path / "cat"))
+    cat.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    (err,) = discover(str(tmp_path / "cat" / "catalog.json"))
+    assert isinstance(err, EmptyCatalogError) and err.error_class == "EmptyCatalog"
+    assert "STAC Catalog 'nothing-here'" in err.reason and "holds no items" in err.reason
+    collection = shared_data / "stac" / "odc-stac" / "sentinel-2-l2a.collection.json"
+    (err,) = discover(str(collection))
+    assert isinstance(err, EmptyCatalogError)
+    assert "STAC Collection 'sentinel-2-l2a'" in err.reason and err.href == str(collection)
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    (err,) = discover(str(empty))
+    assert isinstance(err, EmptyCatalogError) and "ItemCollection" in err.reason
+
+
+def test_a_single_raster_file_source_is_refused_as_such(shared_data):
+    (err,) = discover(str(shared_data / "RGB.byte.tif"))
+    assert isinstance(err, UnknownLayoutError)
+    assert "single raster file" in err.reason and "does not exist" not in err.reason
+    assert "folder" in err.reason and err.href == str(shared_data / "RGB.byte.tif")
+
+
+def test_l2a_bands_without_scl_and_metadata_are_named_for_what_they_are(shared_data, tmp_path):
+    # The real L2A COG bands, without SCL and without the STAC item: L2A-like (no B10).
+    folder = link_folder(
+        shared_data / "S2A_29RKH_20200219_0_L2A",
+        tmp_path / "some_bands",
+        skip=("SCL.tif", ".json", "AOT.tif", "WVP.tif", "TCI.tif", "PVI.tif"),
+    )
+    (err,) = discover(str(tmp_path))
+    assert isinstance(err, MissingBandError) and err.href == str(folder)
+    assert "Sentinel-2 band files (L2A-like: B10 is absent)" in err.reason
+    assert "lacking SCL, product metadata" in err.reason
+    assert "L1C" not in err.reason and "lacks band(s) B10" not in err.reason
+
+
+def test_l1c_bands_without_metadata_lack_only_the_metadata(shared_data, tmp_path):
+    link_folder(
+        shared_data / "S2A_MSIL1C_20170729_T19UDP", tmp_path / "bands", skip=("tileInfo.json",)
+    )
+    (err,) = discover(str(tmp_path))
+    assert isinstance(err, UnknownLayoutError) and not isinstance(err, MissingBandError)
+    assert "(L1C-like: B10 is present) lacking product metadata" in err.reason

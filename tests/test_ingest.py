@@ -127,6 +127,7 @@ def test_landsat_tiles_equal_source_pixels(ingested, demo_root):
             ("red", "_SR_B4.TIF"),
             ("nir08", "_SR_B5.TIF"),
             ("qa", "_QA_PIXEL.TIF"),
+            ("radsat", "_QA_RADSAT.TIF"),
         ]:
             with rasterio.open(band_file(scene, pattern)) as src:
                 np.testing.assert_array_equal(
@@ -213,8 +214,17 @@ def test_scene_records_carry_metadata_and_scaling(ingested, demo_root):
         assert new.acquired_date.strftime("%Y%m%d") == new.scene_id.split("_")[2][:8]
         assert {b.name for b in new.bands} >= {"B02", "B8A", "SCL"}
         assert 0.0 <= new.cloud_cover <= 100.0
+    for sid, r in rows.items():
+        # one platform convention (STAC): the product name's S2A / LC08 -> sentinel-2a /
+        # landsat-8; level and baseline as the product states them
+        unit = sid[2].lower() if sid.startswith("S2") else sid[3]
+        platform = f"sentinel-2{unit}" if sid.startswith("S2") else f"landsat-{unit}"
+        assert r.platform == platform, sid
+        assert r.processing_level == sid.split("_")[1].removeprefix("MSI"), sid
+        assert r.radiometry == "surface", sid
     ls = rows[landsat_scenes(demo_root)[0].name]
-    assert ls.sensor == "landsat-c2l2"
+    assert ls.sensor == "landsat-c2l2" and ls.processing_baseline == "02"
+    assert ls.scaling_source == "metadata"
     assert (ls.scaling["SR_B4"].scale, ls.scaling["SR_B4"].offset) == (2.75e-05, -0.2)
     assert ls.resolution == 30.0 and old.resolution == 10.0
 

@@ -67,3 +67,82 @@ def test_window_reads_equal_gdal_nearest_onto_the_grid(tmp_path, res, shift):
             got = read_band_window(ds, grid, r0, c0, h, w, Resampling.nearest)
             assert got.shape == (h, w) and got.dtype == np.uint16
             np.testing.assert_array_equal(got, whole[r0 : r0 + h, c0 : c0 + w], f"{r0},{c0}")
+
+
+LANDSAT = "LC08_L2SP_001062_20201031_20201106_02_T2"
+
+
+def landsat_tiles(shared_data: Path, folder: Path, with_radsat: bool):
+    """Tiles rows of the real Landsat sample (symlinked into ``folder``), built by the
+    executor code path (:func:`udfs.ingest_udfs.block_table`) without Spark."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from pipelines.datamodel import TILES
+    from pipelines.discover import discover
+    from udfs.ingest_udfs import block_table
+    from udfs.reader import inspect_scene
+    from udfs.tiling import plan_read_blocks
+
+    folder.mkdir(parents=True)
+    for f in (shared_data / LANDSAT).iterdir():
+        if with_radsat or not f.name.endswith("_QA_RADSAT.TIF"):
+            (folder / f.name).symlink_to(f)
+    (src,) = discover(str(folder))
+    info = inspect_scene(src)
+    scene = dict(info, acquired_date=info["acquired"].date().isoformat(), acq_month="2020-10")
+    schema = to_arrow_schema(TILES)
+    rows = []
+    for block in plan_read_blocks(info["height"], info["width"], 128, 0, 2):
+        rows += block_table(scene, block, 128, 0, "nearest", schema).to_pylist()
+    return info, rows
+
+
+def unpack(rows, column, h, w, dtype="<u2"):
+    out = np.zeros((h, w), dtype=np.int64)
+    for r in rows:
+        if column == "valid":
+            bits = np.unpackbits(np.frombuffer(r[column], np.uint8), count=r["height"] * r["width"])
+            a = bits.reshape(r["height"], r["width"])
+        else:
+            a = np.frombuffer(r[column], dtype).reshape(r["height"], r["width"])
+        out[r["row_off"] : r["row_off"] + r["height"], r["col_off"] : r["col_off"] + r["width"]] = a
+    return out
+
+
+def test_absent_qa_radsat_is_a_null_column_and_valid_counts_reflectance_bands_only(
+    shared_data, tmp_path
+):
+    info, rows = landsat_tiles(shared_data, tmp_path / "no_radsat" / LANDSAT, with_radsat=False)
+    assert "QA_RADSAT" not in [b["name"] for b in info["bands"]]
+    assert rows and all(r["radsat"] is None for r in rows)
+    assert all(r["qa"] is not None and r["red"] is not None for r in rows)
+    np.testing.assert_array_equal(
+        unpack(rows, "valid", info["height"], info["width"]).astype(bool), sr_valid(shared_data)
+    )
+
+
+def sr_valid(shared_data: Path) -> np.ndarray:
+    """Pixels with data (not 0) in all seven SR bands, read with plain rasterio."""
+    sr = []
+    for n in range(1, 8):
+        with rasterio.open(shared_data / LANDSAT / f"{LANDSAT}_SR_B{n}.TIF") as ds:
+            sr.append(ds.read(1))
+    return np.all(np.stack(sr) != 0, axis=0)
+
+
+def test_present_qa_radsat_is_stored_pixel_for_pixel(shared_data, tmp_path):
+    info, rows = landsat_tiles(shared_data, tmp_path / "radsat" / LANDSAT, with_radsat=True)
+    assert [b["name"] for b in info["bands"]][-1] == "QA_RADSAT"
+    with rasterio.open(shared_data / LANDSAT / f"{LANDSAT}_QA_RADSAT.TIF") as ds:
+        expected = ds.read(1)
+    np.testing.assert_array_equal(unpack(rows, "radsat", info["height"], info["width"]), expected)
+    # QA_RADSAT is 0 (nothing saturated) everywhere in this sample: were quality bands
+    # counted like reflectance bands (0 = nodata), no pixel would be valid.
+    valid = sr_valid(shared_data)
+    assert (expected == 0).all() and valid.mean() > 0.5
+    np.testing.assert_array_equal(
+        unpack(rows, "valid", info["height"], info["width"]).astype(bool), valid
+    )
+    for r in rows:
+        bits = np.unpackbits(np.frombuffer(r["valid"], np.uint8), count=r["height"] * r["width"])
+        assert r["valid_fraction"] == pytest.approx(bits.mean())

@@ -24,7 +24,10 @@ LANDSAT = "LC08_L2SP_001062_20201031_20201106_02_T2"
 @pytest.fixture(scope="module")
 def real(spark, shared_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("real")
-    config = load_config("local", [f"ingest.source={shared_data}", f"storage.root={root}"])
+    # The three products, and the loose RGB file given as a source of its own
+    # (s2-metadata/ holds metadata files only, stac/ items with remote hrefs).
+    source = ",".join(str(shared_data / p) for p in (S2_L2A, S2_L1C, LANDSAT, "RGB.byte.tif"))
+    config = load_config("local", [f"ingest.source={source}", f"storage.root={root}"])
     lake = Lakehouse(spark, config.storage)
     run = ingest(spark, lake, Run(config))
     return run, lake, shared_data
@@ -42,8 +45,9 @@ def mosaic(rows, column, h, w):
 def test_all_three_products_ingest_and_the_loose_rgb_file_is_rejected(real):
     run, _, shared = real
     assert sorted(run.ingested) == sorted([S2_L2A, S2_L1C, LANDSAT])
-    assert len(run.rejected) == 1
-    assert run.rejected[0]["href"] == str(shared) and "RGB.byte.tif" in run.rejected[0]["reason"]
+    (r,) = run.rejected
+    assert r["href"] == str(shared / "RGB.byte.tif") and r["error_class"] == "UnknownLayout"
+    assert "single raster file" in r["reason"] and "does not exist" not in r["reason"]
 
 
 @pytest.mark.parametrize(
@@ -54,7 +58,11 @@ def test_all_three_products_ingest_and_the_loose_rgb_file_is_rejected(real):
         (
             LANDSAT,
             f"{LANDSAT}_SR_B2.TIF",
-            [("red", f"{LANDSAT}_SR_B4.TIF"), ("qa", f"{LANDSAT}_QA_PIXEL.TIF")],
+            [
+                ("red", f"{LANDSAT}_SR_B4.TIF"),
+                ("qa", f"{LANDSAT}_QA_PIXEL.TIF"),
+                ("radsat", f"{LANDSAT}_QA_RADSAT.TIF"),
+            ],
         ),
     ],
 )
@@ -97,6 +105,22 @@ def test_real_scaling_and_metadata(real):
     lon0, lat0, lon1, lat1 = s[LANDSAT].bbox_wgs84
     assert -67 < lon0 < lon1 < -63 and -5 < lat0 < lat1 < 0
     assert s[S2_L1C].processing_level == "L1C"
+    # One platform convention (STAC), the level and baseline as each product states them:
+    # item s2:processing_baseline 02.14; tileInfo productName ..._N0205_...; MTL
+    # PROCESSING_LEVEL L2SP, COLLECTION_NUMBER 02.
+    got = {
+        k: (r.platform, r.processing_level, r.processing_baseline, r.radiometry)
+        for k, r in s.items()
+    }
+    assert got == {
+        S2_L2A: ("sentinel-2a", "L2A", "02.14", "surface"),
+        S2_L1C: ("sentinel-2a", "L1C", "02.05", "toa"),
+        LANDSAT: ("landsat-8", "L2SP", "02", "surface"),
+    }
+    assert s[S2_L2A].scaling_source == "stac raster:bands"
+    assert s[S2_L1C].scaling_source == "baseline rule"
+    assert s[LANDSAT].scaling_source == "metadata"
+    assert [b.name for b in s[LANDSAT].bands][-2:] == ["QA_PIXEL", "QA_RADSAT"]
 
 
 def test_remote_stac_hrefs_are_rejected_as_unreadable(spark, shared_data, tmp_path):

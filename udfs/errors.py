@@ -82,3 +82,15 @@ class RasterReadError(SceneError, OSError):
     """A raster file cannot be opened or its pixels cannot be decoded."""
 
     error_class = "RasterRead"
+
+
+class ProductMismatchError(MetadataError):
+    """A product's name (folder, file names, item id) disagrees with its own metadata."""
+
+    error_class = "ProductMismatch"
+
+
+class EmptyCatalogError(UnknownLayoutError):
+    """A STAC Catalog, Collection or ItemCollection given as a source holds no items."""
+
+    error_class = "EmptyCatalog"

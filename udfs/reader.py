@@ -21,7 +21,14 @@ from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import Window, from_bounds
 
 from udfs import metadata
-from udfs.errors import GridMismatchError, MetadataError, RasterReadError, SceneError
+from udfs.errors import (
+    GridMismatchError,
+    MetadataError,
+    MissingBandError,
+    ProductMismatchError,
+    RasterReadError,
+    SceneError,
+)
 from udfs.sensors import SENSORS
 from udfs.tiling import ReadBlock, window_bounds
 
@@ -57,11 +64,16 @@ class SceneSource:
     metadata_kind : str
         ``s2-mtd``, ``mtl``, ``stac``, ``tileinfo``.
     metadata_href : str or None
-        File holding the product metadata (None for ``stac``).
+        File holding the product metadata (None for a STAC item of a catalogue).
     properties : dict
         STAC properties (``stac`` layout, or a STAC item found beside a COG folder).
     asset_scaling : dict
         Band -> [scale, offset] from STAC ``raster:bands``.
+    item_id, collection : str or None
+        STAC item id and collection (``stac`` metadata): the level may be read from them.
+
+    ``bands`` holds every required band of the sensor and the optional ones the product
+    has (Landsat ``QA_RADSAT``); an absent optional band is simply not listed.
     """
 
     scene_id: str
@@ -73,6 +85,8 @@ class SceneSource:
     metadata_href: str | None = None
     properties: dict[str, Any] = field(default_factory=dict)
     asset_scaling: dict[str, list[float]] = field(default_factory=dict)
+    item_id: str | None = None
+    collection: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -92,22 +106,22 @@ def _read_text(href: str) -> str:
 
 
 def product_info(src: SceneSource) -> metadata.ProductInfo:
-    """Parse the scene's metadata according to ``src.metadata_kind``."""
+    """Parse the scene's metadata according to ``src.metadata_kind``.
+
+    Raises :class:`ProductMismatchError` when the metadata describes another sensor than
+    the one discovery mapped the bands for.
+    """
     try:
-        if src.metadata_kind == "s2-mtd":
-            assert src.metadata_href is not None
-            return metadata.parse_s2_mtd(_read_text(src.metadata_href), src.sensor)
-        if src.metadata_kind == "mtl":
-            assert src.metadata_href is not None
-            return metadata.parse_landsat_mtl(_read_text(src.metadata_href), src.sensor)
-        if src.metadata_kind == "tileinfo":
-            assert src.metadata_href is not None
-            return metadata.parse_s2_tileinfo(_read_text(src.metadata_href), src.sensor)
-        if src.metadata_kind == "stac":
-            scaling = {k: (float(v[0]), float(v[1])) for k, v in src.asset_scaling.items()}
-            return metadata.parse_stac_properties(src.properties, src.sensor, scaling)
+        info = _parse_metadata(src)
+        if info is not None and info.sensor != src.sensor:
+            raise ProductMismatchError(
+                f"the product metadata describes sensor {info.sensor!r} but the scene's "
+                f"bands were mapped for {src.sensor!r}"
+            )
+        if info is not None:
+            return info
     except MetadataError as e:
-        raise MetadataError(
+        raise type(e)(
             e.reason, scene_id=src.scene_id, href=e.href or src.metadata_href or src.origin
         ) from e
     except (KeyError, ValueError, TypeError) as e:
@@ -119,6 +133,24 @@ def product_info(src: SceneSource) -> metadata.ProductInfo:
     raise MetadataError(
         f"unknown metadata kind {src.metadata_kind!r}", scene_id=src.scene_id, href=src.origin
     )
+
+
+def _parse_metadata(src: SceneSource) -> metadata.ProductInfo | None:
+    if src.metadata_kind == "s2-mtd":
+        assert src.metadata_href is not None
+        return metadata.parse_s2_mtd(_read_text(src.metadata_href))
+    if src.metadata_kind == "mtl":
+        assert src.metadata_href is not None
+        return metadata.parse_landsat_mtl(_read_text(src.metadata_href))
+    if src.metadata_kind == "tileinfo":
+        assert src.metadata_href is not None
+        return metadata.parse_s2_tileinfo(_read_text(src.metadata_href))
+    if src.metadata_kind == "stac":
+        scaling = {k: (float(v[0]), float(v[1])) for k, v in src.asset_scaling.items()}
+        return metadata.parse_stac_properties(
+            src.properties, scaling, src.item_id or src.scene_id, src.collection
+        )
+    return None
 
 
 def _open(href: str, scene_id: str, band: str):
@@ -141,13 +173,23 @@ def inspect_scene(src: SceneSource) -> dict[str, Any]:
     """Open every band's header and the metadata; check that the bands share one grid.
 
     Returns the scene record (the ``scenes`` row minus run fields) plus the scene grid.
+    ``bands`` lists the bands the product has: every required one and the optional ones
+    present (an absent optional band is not listed; its ``tiles`` column stays null).
     Raises a :class:`SceneError` subclass naming the scene, file and reason.
     """
     sensor = SENSORS[src.sensor]
     info = product_info(src)
     ref_name = sensor.reference_band
+    missing = [b.name for b in sensor.required_bands if b.name not in src.bands]
+    if missing:
+        raise MissingBandError(
+            f"{sensor.key} scene lacks band(s) {', '.join(missing)}",
+            scene_id=src.scene_id,
+            href=src.origin,
+        )
+    present = [b for b in sensor.bands if b.name in src.bands]
     headers: dict[str, dict[str, Any]] = {}
-    for band in sensor.bands:
+    for band in present:
         href = src.bands[band.name]
         with _open(href, src.scene_id, band.name) as ds:
             if ds.crs is None:
@@ -219,8 +261,9 @@ def inspect_scene(src: SceneSource) -> dict[str, Any]:
         "sensor": src.sensor,
         "platform": info.platform,
         "acquired": info.acquired,
-        "processing_level": sensor.processing_level,
+        "processing_level": info.processing_level,
         "processing_baseline": info.processing_baseline,
+        "radiometry": sensor.radiometry,
         "crs_epsg": crs.to_epsg(),
         "crs_wkt": crs.to_wkt(),
         "width": ref["width"],
@@ -239,9 +282,10 @@ def inspect_scene(src: SceneSource) -> dict[str, Any]:
                 "href": headers[b.name]["href"],
                 "dtype": headers[b.name]["dtype"],
             }
-            for b in sensor.bands
+            for b in present
         ],
         "scaling": {k: {"scale": v[0], "offset": v[1]} for k, v in info.scaling.items()},
+        "scaling_source": info.scaling_source,
         "nodata": sensor.nodata,
         "source": src.origin,
         "layout": src.layout,
