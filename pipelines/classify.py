@@ -4,9 +4,11 @@ Flow of :func:`main`: load config -> open and validate the model bundle (before 
 starts: a missing or broken model stops here) -> start Spark -> check that every sensor
 in the data (ingested, or about to be) can feed the model (a mismatch stops here, nothing
 written) -> ingest when asked or when ``tiles`` is missing -> features (incremental) ->
-classify the scenes this model has not classified yet: executors read tiles, compute the
-model's features, predict with the model loaded once per Python worker, and emit per tile
-a class raster, a confidence raster and class counts -> write ``predictions`` and
+classify the scenes this model has not classified yet: executors read tiles, mask them
+with the ``features`` mask settings, compute the model's features, predict with the model
+loaded once per Python worker, and emit per tile a class raster and a confidence raster
+(the whole stored tile) and class counts (the tile's core only: sums over tiles count
+each scene pixel once whatever ``ingest.overlap``) -> write ``predictions`` and
 ``tile_predictions`` (keyed by model id, so models can be compared on the same tiles;
 local tables: the workers write the files and the driver commits them, else MERGE) ->
 record the model in ``models``, rejected tiles and the run.
@@ -204,6 +206,7 @@ def classified_frame(
         to_arrow_schema(CLASSIFIED),
         errors.add,
         from_files=from_files,
+        masks=run.config.features.masks(),
     )
     return source.mapInArrow(classify_fn, CLASSIFIED)
 
@@ -253,6 +256,7 @@ def write_files(
         lake.local_path("predictions"),
         run.config.storage.zstd_level,
         errors.add,
+        masks=run.config.features.masks(),
     )
     groups = file_groups(spark, lake, list(todo))
     out = grouped_rdd(spark, groups).mapPartitions(writer).collect()

@@ -11,13 +11,22 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 import yaml
 
 from udfs.errors import ConfigError
+from udfs.masks import (
+    DEFAULT_QA_FLAGS,
+    DEFAULT_SCL_MASKED,
+    MaskSettings,
+    check_min_confidence,
+    check_qa_flags,
+    check_scl_classes,
+)
 
 #: Profiles are looked up in $EO_CONF_DIR, then ./conf, then the repository's conf/ (the
 #: last is absent when the code runs from a --py-files zip or a wheel).
@@ -126,9 +135,16 @@ class IngestConfig:
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
+#: Version of the rules that turn DN into feature values (masks, reflectance/index policy,
+#: core-only counts), part of the features digest: features computed under older rules are
+#: refused unless rebuilt. 2: issue 9 (negative reflectance, physical index ranges,
+#: saturation and valid ranges, unknown L1C cloud cover, overlap counted once).
+FEATURES_POLICY_VERSION = 2
+
+
 @dataclass(frozen=True)
 class FeaturesConfig:
-    """How ``tile_features`` (and the pixel feature view) are computed."""
+    """How ``tile_features`` (and the pixel feature view, classify and chips) are computed."""
 
     indices: tuple[str, ...] = ("NDVI", "EVI", "SAVI", "NDWI", "MNDWI", "NDBI", "NBR", "NDMI")
     #: Tiles whose cloud fraction is above this keep their row but get usable = false.
@@ -137,6 +153,15 @@ class FeaturesConfig:
     #: ``arrow``: executors read the tiles' Parquet files with pyarrow (pixels never pass
     #: through the JVM); ``spark``: read through Spark; ``auto``: arrow for local tables.
     reader: str = "auto"
+    #: Sentinel-2 L2A SCL classes masked (0 no data and 1 saturated/defective are always
+    #: masked as invalid, listed or not): 3 cloud shadow, 8/9 cloud medium/high, 10 cirrus,
+    #: 11 snow.
+    scl_masked: tuple[int, ...] = tuple(sorted(DEFAULT_SCL_MASKED))
+    #: Landsat C2 QA_PIXEL single-bit flags masked (fill is always masked as nodata).
+    qa_pixel_flags: tuple[str, ...] = DEFAULT_QA_FLAGS
+    #: Landsat QA_PIXEL confidence field -> level (1 low, 2 medium, 3 high) from which a
+    #: pixel is masked too, e.g. ``{cloud_confidence: 2}``; empty: none.
+    qa_pixel_min_confidence: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from udfs.indices import INDICES
@@ -152,10 +177,32 @@ class FeaturesConfig:
             )
         if self.reader not in ("auto", "arrow", "spark"):
             raise ConfigError(f"features.reader must be auto, arrow or spark, got {self.reader!r}")
+        checks: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("scl_masked", lambda: check_scl_classes(self.scl_masked)),
+            ("qa_pixel_flags", lambda: check_qa_flags(self.qa_pixel_flags)),
+            ("qa_pixel_min_confidence", lambda: check_min_confidence(self.qa_pixel_min_confidence)),
+        )
+        for key, check in checks:
+            try:
+                check()
+            except ConfigError as e:
+                raise ConfigError(f"features.{key}: {e}") from e
+
+    def masks(self) -> MaskSettings:
+        """The mask settings jobs pass to their executors."""
+        return MaskSettings(self.scl_masked, self.qa_pixel_flags, self.qa_pixel_min_confidence)
 
     def digest(self) -> str:
         """Digest of the settings that change feature values (not max_cloud_fraction)."""
-        return hashlib.sha256(json.dumps(sorted(self.indices)).encode()).hexdigest()[:16]
+        m = self.masks()
+        keys = {
+            "indices": sorted(self.indices),
+            "scl_masked": list(m.scl_classes),
+            "qa_pixel_flags": sorted(m.qa_flags),
+            "qa_pixel_min_confidence": [list(kv) for kv in m.qa_min_confidence],
+            "policy": FEATURES_POLICY_VERSION,
+        }
+        return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -252,13 +299,24 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
                 raise ValueError(value)
             return int(value)
         if text.startswith("tuple"):
-            if isinstance(value, str):
-                value = [v for v in value.split(",") if v]
-            return tuple(str(v) for v in value)
+            if isinstance(value, str):  # command line: comma-separated
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(value)
+            item = (get_args(typ) or (str,))[0]
+            return tuple(_coerce(key, v, item) for v in value)
         if text.startswith("dict"):
+            if isinstance(value, str):  # command line: key:value,key:value ("" is empty)
+                pairs = [p.split(":", 1) for p in value.split(",") if p.strip()]
+                if any(len(p) != 2 for p in pairs):
+                    raise ValueError(value)
+                value = {k.strip(): v.strip() for k, v in pairs}
+            if value is None:
+                value = {}
             if not isinstance(value, dict):
                 raise ValueError(value)
-            return {str(k): str(v) for k, v in value.items()}
+            _, item = get_args(typ) or (str, str)
+            return {str(k): _coerce(key, v, item) for k, v in value.items()}
         if "None" in text and (value is None or str(value).lower() in ("none", "null")):
             return None
         return str(value)

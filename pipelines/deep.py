@@ -55,13 +55,14 @@ from udfs.deep import (
 )
 from udfs.errors import ConfigError
 from udfs.feature_udfs import TILE_COLUMNS
+from udfs.masks import MaskSettings
 
 JOB = "deep"
 
 #: One row per chip. ``chip`` is the flattened float32 ``(C, chip, chip)`` array of
-#: surface reflectance (NaN as 0), channel-major in the order of the bands asked for;
-#: ``chip_row`` / ``chip_col`` index the chip grid of the tile (upper-left pixel of the
-#: chip in the tile: ``chip_row * chip, chip_col * chip``).
+#: surface reflectance (NaN, nodata and masked pixels as 0), channel-major in the order
+#: of the bands asked for; ``chip_row`` / ``chip_col`` index the chip grid of the tile
+#: (upper-left pixel of the chip in the tile: ``chip_row * chip, chip_col * chip``).
 CHIPS = StructType(
     [
         StructField("scene_id", StringType(), False),
@@ -89,6 +90,7 @@ def chip_frame(
     bands: Sequence[str] = DEFAULT_BANDS,
     chip: int = CHIP_SIZE,
     pad: bool = False,
+    masks: MaskSettings | None = None,
 ) -> DataFrame:
     """Lazy frame of :data:`CHIPS`: every full ``chip`` x ``chip`` chip of the chosen tiles.
 
@@ -97,11 +99,12 @@ def chip_frame(
     ``tiles`` columns (``nir`` falls back to ``nir08`` for Landsat, see
     :data:`udfs.deep.BAND_FALLBACK`). Partial chips at the bottom/right tile edges are
     skipped unless ``pad`` (then zero-padded). Tiles written with ``ingest.overlap > 0``
-    give overlapping chips at tile borders.
+    give overlapping chips at tile borders. Pixels masked by ``masks`` (the job passes
+    ``features.masks()``; None: the defaults) or invalid are 0 in the chips, like nodata.
     """
     scenes = scene_table(lake, list(scene_ids) if scene_ids is not None else None)
     tiles = lake.read("tiles").filter(F.col("scene_id").isin(list(scenes)))
-    reader = make_chip_reader(scenes, list(bands), to_arrow_schema(CHIPS), chip, pad)
+    reader = make_chip_reader(scenes, list(bands), to_arrow_schema(CHIPS), chip, pad, masks)
     return tiles.select(*TILE_COLUMNS).mapInArrow(reader, CHIPS)
 
 
@@ -180,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     counts: list[Any] = []
 
     def work(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
-        chips = chip_frame(spark, lake, scene_ids, bands=spec.bands, chip=spec.chip)
+        chips = chip_frame(
+            spark, lake, scene_ids, bands=spec.bands, chip=spec.chip, masks=config.features.masks()
+        )
         counts.extend(
             classify_chips(chips, model, args.batch_size)
             .groupBy("chip_class")

@@ -2,9 +2,12 @@
 
 Flow of :func:`main`: load config -> start Spark -> find scenes without features (or with
 features of other settings: refused unless ``--rebuild``) -> executors read their tiles,
-mask clouds (SCL / QA_PIXEL), scale DN to surface reflectance with each scene's own
-scaling, compute indices and per-tile statistics -> MERGE into ``tile_features`` ->
-record rejected tiles and the run.
+mask invalid pixels (nodata, saturation, valid DN range, QA_RADSAT) and the configured
+quality classes / flags (``features.scl_masked``, ``features.qa_pixel_flags``,
+``features.qa_pixel_min_confidence``), scale DN to reflectance with each scene's own
+scaling, compute indices (NaN where an input reflectance is negative or the result
+leaves the index's physical range, see :mod:`udfs.indices`) and per-tile statistics over
+each tile's core -> MERGE into ``tile_features`` -> record rejected tiles and the run.
 
 :func:`pixel_features` is the pixel-level feature view the model jobs train and predict on.
 
@@ -22,7 +25,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
+from pyspark.sql.types import FloatType, IntegerType, StringType, StructField, StructType
 
 from pipelines.config import Config, load_config
 from pipelines.datamodel import TILE_FEATURES, TILES
@@ -31,6 +34,7 @@ from pipelines.lakehouse import Lakehouse
 from pipelines.runs import ListParam, Run, phase, run_job
 from udfs.errors import ConfigError
 from udfs.feature_udfs import (
+    CORE_COLUMNS,
     TILE_COLUMNS,
     make_feature_reader,
     make_pixel_reader,
@@ -41,8 +45,10 @@ JOB = "features"
 
 
 def scene_table(lake: Lakehouse, scene_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """scene_id -> sensor, scaling (band -> [scale, offset]), acquisition date, tile count."""
-    df = lake.read("scenes").select("scene_id", "sensor", "scaling", "acquired_date", "n_tiles")
+    """scene_id -> sensor, scaling (band -> [scale, offset]), acquisition date, tile count
+    and tile size (``scenes.tile_size``: the executors find each tile's core with it)."""
+    columns = ("scene_id", "sensor", "scaling", "acquired_date", "n_tiles", "tile_size")
+    df = lake.read("scenes").select(*columns)
     if scene_ids is not None:
         df = df.filter(F.col("scene_id").isin(scene_ids))
     return {
@@ -51,6 +57,7 @@ def scene_table(lake: Lakehouse, scene_ids: list[str] | None = None) -> dict[str
             "scaling": {k: [v.scale, v.offset] for k, v in (r.scaling or {}).items()},
             "acquired_date": r.acquired_date,
             "n_tiles": r.n_tiles,
+            "tile_size": r.tile_size,
         }
         for r in df.collect()
     }
@@ -68,7 +75,8 @@ def plan_scenes(run: Run, lake: Lakehouse) -> dict[str, dict[str, Any]]:
     if stale and not feats.rebuild:
         raise ConfigError(
             f"{len(stale)} scene(s) (e.g. {stale[0]}) have features computed with other "
-            f"indices than {', '.join(feats.indices)}; re-run with --rebuild to recompute them"
+            f"settings (indices {', '.join(feats.indices)}, masks, or an older version of "
+            "the reflectance/index policy); re-run with --rebuild to recompute them"
         )
     lake.delete("tile_features", "scene_id", stale)
     scenes = scene_table(lake)
@@ -118,8 +126,10 @@ def features_frame(
     schema = to_arrow_schema(TILE_FEATURES)
     extra = {"features_digest": feats.digest(), "run_id": run.run_id}
     args = (todo, list(feats.indices), feats.max_cloud_fraction, extra, schema, errors.add)
-    source, from_files = tile_input(spark, lake, feats.reader, list(todo), TILE_COLUMNS)
-    return source.mapInArrow(make_feature_reader(*args, from_files=from_files), TILE_FEATURES)
+    columns = (*TILE_COLUMNS, *CORE_COLUMNS)
+    source, from_files = tile_input(spark, lake, feats.reader, list(todo), columns)
+    reader = make_feature_reader(*args, from_files=from_files, masks=feats.masks())
+    return source.mapInArrow(reader, TILE_FEATURES)
 
 
 def features(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
@@ -142,11 +152,13 @@ def features(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
 
 
 def pixel_schema(indices: list[str]) -> StructType:
-    """Schema of the pixel feature view: keys, pixel position, reflectance, indices."""
+    """Schema of the pixel feature view: keys, radiometry, pixel position, reflectance,
+    indices."""
     bands = list(dict.fromkeys(b.common for s in SENSORS.values() for b in s.reflectance_bands))
     return StructType(
         [
             *[TILES[n] for n in ("scene_id", "tile_row", "tile_col", "sensor", "acquired_date")],
+            StructField("radiometry", StringType()),  # surface | toa (S2 L1C)
             StructField("row", IntegerType(), False),  # pixel row inside the tile
             StructField("col", IntegerType(), False),
             *[StructField(b, FloatType()) for b in bands],  # reflectance, unitless
@@ -162,13 +174,17 @@ def pixel_features(
     scene_ids: list[str] | None = None,
     usable_only: bool = True,
 ) -> DataFrame:
-    """Lazy view: one row per valid (unmasked) pixel of the chosen tiles.
+    """Lazy view: one row per valid (unmasked) core pixel of the chosen tiles.
 
-    Pixels are exploded on the executors, tile by tile; nothing is collected. With
-    ``usable_only`` only tiles whose ``tile_features.usable`` is true are used (requires the
-    features job to have run). Columns: tile key, ``sensor``, ``acquired_date``, ``row`` /
-    ``col`` in the tile, reflectance per band column (null where the sensor lacks it) and
-    one column per index (lower-case).
+    Pixels are exploded on the executors, tile by tile; nothing is collected. Only each
+    tile's core is emitted, so a sum or count over the view counts every scene pixel once
+    whatever ``ingest.overlap``. Masks follow ``features.scl_masked`` /
+    ``qa_pixel_flags`` / ``qa_pixel_min_confidence``. With ``usable_only`` only tiles whose
+    ``tile_features.usable`` is true are used (requires the features job to have run).
+    Columns: tile key, ``sensor``, ``acquired_date``, ``radiometry`` (``surface`` or
+    ``toa``), ``row`` / ``col`` in the stored tile, reflectance per band column (measured
+    value, may be slightly negative; null where the sensor lacks it) and one column per
+    index (lower-case; NaN where undefined, see :mod:`udfs.indices`).
     """
     indices = list(config.features.indices)
     scenes = scene_table(lake, scene_ids)
@@ -177,8 +193,10 @@ def pixel_features(
         ok = lake.read("tile_features").filter("usable").select("scene_id", "tile_row", "tile_col")
         tiles = tiles.join(ok, ["scene_id", "tile_row", "tile_col"], "left_semi")
     schema = pixel_schema(indices)
-    reader = make_pixel_reader(scenes, indices, to_arrow_schema(schema))
-    return tiles.select(*TILE_COLUMNS).mapInArrow(reader, schema)
+    reader = make_pixel_reader(
+        scenes, indices, to_arrow_schema(schema), masks=config.features.masks()
+    )
+    return tiles.select(*TILE_COLUMNS, *CORE_COLUMNS).mapInArrow(reader, schema)
 
 
 # ----------------------------------------------------------------------------- the job

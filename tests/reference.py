@@ -3,6 +3,17 @@
 Nothing here imports the project: band tables, quality rules, reflectance scaling and
 index formulas are written out from the products' documentation, so tests that compare
 the pipeline with these values can fail.
+
+The rules applied here, written out independently of ``udfs`` (README, "Numbers"):
+
+* Sentinel-2: DN 0 nodata, DN 65535 saturated (the products' ``Special_Values``), SCL
+  0 nodata, SCL 1 and codes > 11 invalid, SCL 3/8/9/10/11 masked by default.
+* Landsat Collection 2 L2: QA_PIXEL bit 0 fill, bits 0-5 masked by default; SR DN
+  outside 7273..43636 invalid (USGS LSDS-1619 valid range); QA_RADSAT (when the file is
+  there) bit n-1 set for SR band n (bands 1-7 on OLI) invalid.
+* Reflectance keeps the measured (possibly negative) value; an index is NaN where any of
+  its inputs is negative or its value leaves its physical range ([-1, 1]; SAVI
+  [-1.5, 1.5]).
 """
 
 from __future__ import annotations
@@ -51,7 +62,12 @@ SCL_CLOUD = [3, 8, 9, 10]
 QA_FILL = 1 << 0
 QA_MASKED = 0b111111  # bits 0..5: fill, dilated cloud, cirrus, cloud, shadow, snow
 QA_CLOUD = 0b011110  # bits 1..4
-SATURATED = 65535
+SATURATED = 65535  # Sentinel-2 Special_Values SATURATED
+LANDSAT_VALID = (7273, 43636)  # Landsat C2 L2 SR valid DN range, inclusive
+OLI_RADSAT_BITS = 0b1111111  # QA_RADSAT bits 0-6: SR bands 1-7 saturated (Collection 2)
+#: Physical range of each index (Rouse; Huete 1988 SAVI L = 0.5; Huete 2002 EVI).
+INDEX_RANGES = {"ndvi": (-1, 1), "evi": (-1, 1), "savi": (-1.5, 1.5), "ndwi": (-1, 1),
+                "mndwi": (-1, 1), "ndbi": (-1, 1), "nbr": (-1, 1), "ndmi": (-1, 1)}  # fmt: skip
 
 
 def one_file(folder: Path, pattern: str) -> Path:
@@ -132,24 +148,31 @@ def build_scene(
     files: dict[str, Path],
     quality: Path,
     to_reflectance: dict[str, Callable[[np.ndarray], np.ndarray]],
+    radsat: Path | None = None,
 ) -> Scene:
     """Read every band onto ``ref``'s grid and apply the products' quality rules.
 
-    ``to_reflectance`` maps a column to its DN -> reflectance (float64) function.
+    ``to_reflectance`` maps a column to its DN -> reflectance (float64) function;
+    ``radsat`` is the Landsat QA_RADSAT file, if the product has one.
     """
     with rasterio.open(ref) as r:
         dn = {col: read_on_grid(path, r) for col, path in files.items()}
         q = read_on_grid(quality, r)
+        rs = read_on_grid(radsat, r) if radsat is not None else None
     stack = np.stack(list(dn.values()))
     nodata = (stack == 0).any(axis=0)
-    saturated = (stack >= SATURATED).any(axis=0)
     if sensor == "s2":
+        invalid = (stack >= SATURATED).any(axis=0) | (q == 1) | (q > 11)
         nodata |= q == 0
-        masked = nodata | saturated | np.isin(q, SCL_MASKED) | (q > 11)
+        masked = nodata | invalid | np.isin(q, SCL_MASKED)
         cloud = np.isin(q, SCL_CLOUD)
     else:
+        lo, hi = LANDSAT_VALID
+        invalid = ((stack < lo) | (stack > hi)).any(axis=0)
+        if rs is not None:
+            invalid |= (rs & OLI_RADSAT_BITS) != 0
         nodata |= (q & QA_FILL) != 0
-        masked = nodata | saturated | ((q & QA_MASKED) != 0)
+        masked = nodata | invalid | ((q & QA_MASKED) != 0)
         cloud = (q & QA_CLOUD) != 0
     refl = {}
     for col, arr in dn.items():
@@ -182,14 +205,18 @@ def demo_landsat_scene(folder: Path) -> Scene:
     files = {col: one_file(folder, f"*_{band}.TIF") for col, band in LANDSAT_BANDS.items()}
     scaling = {col: linear(*factors[band]) for col, band in LANDSAT_BANDS.items()}
     qa = one_file(folder, "*_QA_PIXEL.TIF")
-    return build_scene("landsat", files["blue"], files, qa, scaling)
+    radsat = sorted(folder.glob("*_QA_RADSAT.TIF"))
+    return build_scene("landsat", files["blue"], files, qa, scaling, *radsat[:1])
 
 
 def textbook_indices(refl: dict[str, np.ndarray], nir: str) -> dict[str, np.ndarray]:
-    """The indices by their published formulas, from float32 reflectance, rounded to float32."""
+    """The indices by their published formulas, from float32 reflectance, rounded to float32;
+    NaN where an input is negative or the value leaves the index's physical range."""
     b, g, r, n, s1, s2 = (
         refl[c].astype(np.float64) for c in ("blue", "green", "red", nir, "swir16", "swir22")
     )
+    inputs = {"ndvi": (n, r), "evi": (n, r, b), "savi": (n, r), "ndwi": (g, n),
+              "mndwi": (g, s1), "ndbi": (s1, n), "nbr": (n, s2), "ndmi": (n, s1)}  # fmt: skip
     with np.errstate(all="ignore"):
         raw = {
             "ndvi": (n - r) / (n + r),  # Rouse 1974
@@ -203,7 +230,11 @@ def textbook_indices(refl: dict[str, np.ndarray], nir: str) -> dict[str, np.ndar
         }
         out = {}
         for name, v in raw.items():
+            lo, hi = INDEX_RANGES[name]
+            bad = ~(np.isfinite(v) & (v >= lo) & (v <= hi))
+            for band in inputs[name]:
+                bad |= ~(band >= 0)  # negative or NaN reflectance
             v32 = v.astype(np.float32)
-            v32[~np.isfinite(v32)] = np.nan
+            v32[bad] = np.nan
             out[name] = v32
     return out

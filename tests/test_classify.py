@@ -95,6 +95,31 @@ def test_classify_tile_all_masked_and_non_finite_features():
     assert r["classified_count"] == 0 and (r["classes"] == 0).all()
 
 
+def test_classify_tile_counts_the_core_only_and_maps_the_whole_tile():
+    # Stored tile of 3 x 3 whose core is its first two columns (overlap into a neighbour):
+    # the rasters cover all 9 pixels, the counts the 6 core pixels.
+    scaling = {b: (1e-4, -0.1) for b in ("B04", "B08")}
+    core = (slice(0, 3), slice(0, 2))
+    r = classify_tile("sentinel2-l2a", s2_tile(), scaling, ["red", "nir", "ndvi"], ["NDVI"],
+                      ndvi_rule, [7, 300], core=core)  # fmt: skip
+    expected = np.array([[0, 7, 7], [300, 300, 300], [7, 7, 0]])
+    np.testing.assert_array_equal(r["classes"], expected)  # the whole tile
+    # core columns 0-1: (0,0) cloud, (0,1) 7, (1,0) 300, (1,1) 300, (2,0) 7, (2,1) 7
+    assert r["pixel_count"] == 6 and r["classified_count"] == 5
+    assert r["class_counts"] == {7: 3, 300: 2}
+    assert r["mean_confidence"] == pytest.approx((3 * 0.8 + 2 * 0.6) / 5)
+
+
+def test_classify_tile_masks_follow_the_mask_settings():
+    from udfs.masks import MaskSettings
+
+    scaling = {b: (1e-4, -0.1) for b in ("B04", "B08")}
+    # SCL 9 at (0, 0) is no longer masked: NDVI of red 0.05 / nir 0.4 -> class 7
+    r = classify_tile("sentinel2-l2a", s2_tile(), scaling, ["red", "nir", "ndvi"], ["NDVI"],
+                      ndvi_rule, [7, 300], masks=MaskSettings([0, 1]))  # fmt: skip
+    assert r["classes"][0, 0] == 7 and r["classified_count"] == 8
+
+
 def test_class_dtype_widens_for_large_codes():
     assert class_dtype([1, 2, 254]) == np.uint8
     assert class_dtype([1, 255]) == np.uint16

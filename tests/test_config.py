@@ -61,3 +61,79 @@ def test_tiling_digest_changes_only_with_tiling_settings():
     c = load_config("local", ["ingest.overlap=8"])
     assert a.ingest.tiling_digest() == b.ingest.tiling_digest()
     assert a.ingest.tiling_digest() != c.ingest.tiling_digest()
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def test_mask_keys_default_to_todays_masks():
+    f = load_config("local").features
+    assert f.scl_masked == (0, 1, 3, 8, 9, 10, 11)
+    assert f.qa_pixel_flags == ("fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow", "snow")
+    assert f.qa_pixel_min_confidence == {}
+    assert load_config("cluster").features.scl_masked == f.scl_masked
+    m = f.masks()
+    assert (m.scl_classes, m.qa_flags, m.min_confidence) == (
+        f.scl_masked,
+        f.qa_pixel_flags,
+        {},
+    )
+
+
+def test_mask_keys_are_read_from_the_command_line_typed():
+    c = load_config(
+        "local",
+        [
+            "features.scl_masked=3,8,9",
+            "features.qa_pixel_flags=fill,cloud",
+            "features.qa_pixel_min_confidence=cloud_confidence:2,cirrus_confidence:3",
+        ],
+    )
+    assert c.features.scl_masked == (3, 8, 9)
+    assert c.features.qa_pixel_flags == ("fill", "cloud")
+    assert c.features.qa_pixel_min_confidence == {"cloud_confidence": 2, "cirrus_confidence": 3}
+    assert c.features.masks().min_confidence == {"cloud_confidence": 2, "cirrus_confidence": 3}
+    assert load_config("local", ["features.qa_pixel_min_confidence="]).features.masks() == (
+        load_config("local").features.masks()
+    )
+
+
+def test_mask_keys_from_yaml_lists_and_mappings():
+    c = build_config(
+        {"features": {"scl_masked": [9, 8], "qa_pixel_min_confidence": {"cloud_confidence": 3}}}
+    )
+    assert c.features.scl_masked == (9, 8)
+    assert c.features.qa_pixel_min_confidence == {"cloud_confidence": 3}
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("features.scl_masked=12", "features.scl_masked"),
+        ("features.scl_masked=three", "features.scl_masked"),
+        ("features.qa_pixel_flags=clouds", "features.qa_pixel_flags"),
+        ("features.qa_pixel_min_confidence=cloud_confidence:0", "features.qa_pixel_min_confidence"),
+        ("features.qa_pixel_min_confidence=cloudiness:2", "features.qa_pixel_min_confidence"),
+        ("features.qa_pixel_min_confidence=cloud_confidence", "features.qa_pixel_min_confidence"),
+        ("features.qa_pixel_min_confidence=cloud_confidence:x", "features.qa_pixel_min_confidence"),
+    ],
+)
+def test_bad_mask_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("local", [override])
+
+
+def test_features_digest_changes_with_masks_and_indices_not_with_the_cloud_limit():
+    base = load_config("local").features.digest()
+    assert load_config("local", ["features.max_cloud_fraction=0.1"]).features.digest() == base
+    assert load_config("local", ["features.reader=spark"]).features.digest() == base
+    for override in (
+        "features.scl_masked=0,1,3,8,9,10",
+        "features.qa_pixel_flags=fill,cloud",
+        "features.qa_pixel_min_confidence=cloud_confidence:3",
+        "features.indices=NDVI",
+    ):
+        assert load_config("local", [override]).features.digest() != base, override
+    # Order does not matter
+    a = load_config("local", ["features.scl_masked=9,8,3"]).features.digest()
+    assert a == load_config("local", ["features.scl_masked=3,8,9"]).features.digest()

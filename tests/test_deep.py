@@ -20,6 +20,7 @@ import onnxruntime as ort
 import pytest
 import rasterio
 from pyspark import cloudpickle
+from reference import demo_s2_scene
 
 from pipelines.config import load_config
 from pipelines.deep import chip_frame, classify_chips, main
@@ -108,6 +109,11 @@ def test_chip_reader_scales_landsat_dns_with_the_scene_scaling():
 
     dn = {b: np.full((70, 130), 10000 + 1000 * i, "<u2") for i, b in enumerate(BAND_COLUMNS)}
     dn["red"][0, 0] = 0  # nodata -> NaN -> 0 in the chip
+    dn["qa"][:] = 21824  # QA_PIXEL clear
+    dn["qa"][2, 3] = 21824 | (1 << 3)  # cloud bit: masked like nodata -> 0 in every channel
+    dn["radsat"][:] = 0
+    dn["radsat"][3, 4] = 1 << 4  # SR_B5 (nir08) saturated: 0 in every channel
+    dn["nir08"][4, 5] = 43637  # above the Landsat SR valid range: 0 in every channel
     row = {"scene_id": "LC09_X", "tile_row": 1, "tile_col": 2, "width": 130, "height": 70}
     row |= {"dtype": "uint16", **{b: a.tobytes() for b, a in dn.items()}}
     schema = pa.schema(
@@ -130,6 +136,16 @@ def test_chip_reader_scales_landsat_dns_with_the_scene_scaling():
     chip0 = np.asarray(batch.column("chip")[0].as_py(), np.float32).reshape(2, 64, 64)
     red, nir08 = (np.float32(float(dn[b][1, 1]) * 2.75e-5 - 0.2) for b in ("red", "nir08"))
     assert chip0[0, 0, 0] == 0 and chip0[0, 1, 1] == red and chip0[1, 5, 5] == nir08
+    for r, c in ((2, 3), (3, 4), (4, 5)):
+        assert (chip0[:, r, c] == 0).all(), (r, c)
+    assert (chip0[:, 2, 4] == [red, nir08]).all()
+    # With masks that do not mask clouds the cloudy pixel keeps its reflectance.
+    from udfs.masks import MaskSettings
+
+    loose = make_chip_reader(scenes, ["red", "nir"], schema, masks=MaskSettings(qa_flags=["fill"]))
+    (batch2,) = list(loose([pa.RecordBatch.from_pylist([row])]))
+    chip0b = np.asarray(batch2.column("chip")[0].as_py(), np.float32).reshape(2, 64, 64)
+    assert (chip0b[:, 2, 3] == [red, nir08]).all() and (chip0b[:, 3, 4] == 0).all()
 
 
 # ----------------------------------------------------------------------------- the model
@@ -282,6 +298,11 @@ def test_spark_chips_and_classes_equal_onnxruntime_on_the_source_geotiffs(
 
     refl = np.stack([s2_reflectance(scene, S2_FILES[b]) for b in BANDS])
     refl[~np.isfinite(refl)] = 0
+    # Masked pixels (SCL clouds, shadows, snow; nodata in any band; saturated) are fed as
+    # 0 like nodata: the mask of the independent reference (tests/reference.py).
+    masked = demo_s2_scene(scene).masked
+    assert 0 < masked.mean() < 0.9
+    refl[:, masked] = 0
     h, w = refl.shape[1:]
     expected_chips = {}
     for r in range(h // 64):

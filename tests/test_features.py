@@ -563,3 +563,91 @@ def test_real_landsat_is_all_cloud_and_its_fill_mask_is_qa_bit_0(real):
         # With DN 0 as the only no-data test the fraction would come out different.
         teeth.append((cloud & ~zero[win]).sum() / (~zero[win]).sum() != expected)
     assert any(teeth)
+
+
+# ----------------------------------------------------------------------------- 7. overlap
+
+
+@pytest.fixture(scope="module")
+def overlap_lake(spark, demo_root, tmp_path_factory):
+    """One Sentinel-2 and one Landsat demo scene ingested with ingest.overlap = 16."""
+    folders = demo_folders(demo_root)
+    picked = [folders["sentinel2"][-1], folders["landsat"][0]]
+    root = tmp_path_factory.mktemp("features_overlap")
+    run_ingest(spark, ",".join(str(f) for f in picked), root, "ingest.overlap=16")
+    run, lake = run_features(spark, root)
+    assert run.rejected == []
+    return lake, root, [scene_id(f) for f in picked]
+
+
+def test_with_overlap_each_scene_pixel_is_counted_once(overlap_lake, demo_scenes):
+    lake, _, sids = overlap_lake
+    tiles = lake.read("tiles").select("scene_id", "tile_row", "tile_col", "width").collect()
+    assert any(t.width > TILE for t in tiles), "the stored tiles must really overlap"
+    for sid in sids:
+        scene = demo_scenes[sid]
+        rows = feature_rows(lake, sid)
+        expected = expected_tiles(scene)  # core windows of the whole scene, computed here
+        assert set(rows) == set(expected)
+        for key, row in rows.items():
+            assert_tile_equal(row, expected[key], f"{sid} tile {key} (overlap 16)")
+        h, w = scene.shape
+        assert sum(r.pixel_count for r in rows.values()) == h * w
+        assert sum(r.valid_count for r in rows.values()) == int((~scene.masked).sum())
+        for name in ("red", "ndvi"):
+            n = sum(r.stats[name]["count"] for r in rows.values())
+            layer = scene.refl["red"] if name == "red" else scene.indices()["ndvi"]
+            assert n == int((~scene.masked & np.isfinite(layer)).sum()), name
+
+
+def test_with_overlap_the_pixel_view_has_each_scene_pixel_once(spark, overlap_lake, demo_scenes):
+    lake, root, sids = overlap_lake
+    config = load_config("local", [f"storage.root={root}"])
+    pix = pixel_features(spark, lake, config, sids, usable_only=False)
+    tiles = lake.read("tiles").select("scene_id", "tile_row", "tile_col", "row_off", "col_off")
+    placed = (
+        pix.join(tiles, ["scene_id", "tile_row", "tile_col"])
+        .select(
+            "scene_id",
+            "radiometry",
+            (F.col("row_off") + F.col("row")).alias("r"),
+            (F.col("col_off") + F.col("col")).alias("c"),
+        )
+        .toPandas()
+    )
+    assert set(placed.radiometry) == {"surface"}
+    for sid in sids:
+        mine = placed[placed.scene_id == sid]
+        assert not mine.duplicated(["r", "c"]).any()
+        got = np.zeros(demo_scenes[sid].shape, bool)
+        got[mine.r.to_numpy(), mine.c.to_numpy()] = True
+        np.testing.assert_array_equal(got, ~demo_scenes[sid].masked)
+
+
+# ----------------------------------------------------------------------------- 8. masks
+
+
+def test_mask_config_changes_the_features(spark, overlap_lake, demo_scenes, tmp_path):
+    """scl_masked = 0, 1 and qa_pixel_flags = fill: only invalid pixels are dropped."""
+    _, root, sids = overlap_lake
+    lake_root = copy_without_features(root, tmp_path / "lake")
+    run, lake = run_features(
+        spark, lake_root, "features.scl_masked=0,1", "features.qa_pixel_flags=fill"
+    )
+    assert run.rejected == []
+    for sid in sids:
+        scene = demo_scenes[sid]
+        # invalid only, computed here from the scene's DNs and quality band
+        stack = np.stack(list(scene.dn.values()))
+        if scene.sensor == "s2":
+            bad = scene.nodata | (stack >= 65535).any(0) | (scene.quality == 1)
+            bad |= scene.quality > 11
+        else:
+            bad = scene.nodata | ((stack < 7273) | (stack > 43636)).any(0)
+        assert bad.sum() < scene.masked.sum(), "clouds must be masked by default"
+        rows = feature_rows(lake, sid)
+        assert sum(r.valid_count for r in rows.values()) == int((~bad).sum())
+        # the cloud fraction is reported whatever is masked
+        default = expected_tiles(scene)
+        for key, row in rows.items():
+            np.testing.assert_allclose(row.cloud_fraction, default[key]["cloud_fraction"])

@@ -260,5 +260,135 @@ def test_matches_spyndex_catalogue(name):
     params = {s: ours[SPYNDEX_BANDS[s]].astype(np.float64) for s in symbols} | constants
     expected = np.asarray(spyndex.computeIndex(index=name, params=params), dtype=np.float64)
     got = compute_indices(ours, [name], "sentinel2-l2a")[name]
-    assert np.isfinite(got).all()
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    # Where the catalogue's value leaves the index's physical range ours is NaN (EVI's
+    # denominator crosses 0 for blue > (nir + 6 red + 1) / 7.5); elsewhere they agree.
+    lo, hi = PHYSICAL_RANGES[name]
+    inside = (expected >= lo) & (expected <= hi)
+    np.testing.assert_array_equal(np.isnan(got), ~inside)
+    np.testing.assert_allclose(got[inside], expected[inside], rtol=1e-5, atol=1e-7)
+    if name == "EVI":
+        assert 0 < (~inside).sum() < inside.sum()  # the comparison covers both cases
+
+
+# --------------------------------------------------------------------------- physical ranges
+
+#: Written out here from the publications, not read from udfs.indices: normalized
+#: differences of non-negative numbers lie in [-1, 1]; SAVI = (1 + L) x a ratio within
+#: [-1, 1], L = 0.5; EVI's documented range (Huete 2002, MODIS EVI products) is [-1, 1].
+PHYSICAL_RANGES = {
+    "NDVI": (-1.0, 1.0),
+    "NDWI": (-1.0, 1.0),
+    "MNDWI": (-1.0, 1.0),
+    "NDBI": (-1.0, 1.0),
+    "NBR": (-1.0, 1.0),
+    "NDMI": (-1.0, 1.0),
+    "SAVI": (-1.5, 1.5),
+    "EVI": (-1.0, 1.0),
+}
+
+
+def test_every_index_has_its_documented_physical_range():
+    assert set(INDICES) == set(PHYSICAL_RANGES)
+    for name, index in INDICES.items():
+        assert index.valid_range == PHYSICAL_RANGES[name], name
+
+
+def test_negative_reflectance_gives_nan_index_not_a_wild_value():
+    # Baseline 04.00: DN 900 -> (900 - 1000) / 10000 = -0.01, DN 1100 -> +0.01.
+    # Textbook NDVI of red -0.01, nir 0.01: 0.02 / 0 -> inf; red -0.01, nir 0.03:
+    # 0.04 / 0.02 = 2 (outside [-1, 1]). Both are NaN here; red 0.01, nir 0.03 is 0.5.
+    red = f32([[-0.01, -0.01, 0.01]])
+    nir = f32([[0.01, 0.03, 0.03]])
+    out = compute_indices({"nir": nir, "red": red}, ["NDVI", "SAVI"], "sentinel2-l2a")
+    np.testing.assert_array_equal(np.isnan(out["NDVI"]), [[True, True, False]])
+    np.testing.assert_allclose(out["NDVI"][0, 2], 0.5, rtol=1e-6)
+    # SAVI: 1.5 * 0.02 / (0.04 + 0.5) = 0.0555..., the negative red ones NaN as well
+    np.testing.assert_array_equal(np.isnan(out["SAVI"]), [[True, True, False]])
+    np.testing.assert_allclose(out["SAVI"][0, 2], 0.03 / 0.54, rtol=1e-6)
+
+
+def test_a_negative_input_makes_the_index_nan_even_when_the_result_is_in_range():
+    # red -0.01, nir 0.3: SAVI = 1.5 * 0.31 / 0.79 = 0.5886, inside [-1.5, 1.5]; still NaN:
+    # the formula is defined on reflectance >= 0 only.
+    out = compute_indices({"nir": f32([[0.3]]), "red": f32([[-0.01]])}, ["SAVI"], "sentinel2-l2a")
+    assert np.isnan(out["SAVI"]).all()
+
+
+def test_zero_reflectance_is_a_valid_input():
+    # nir 0.2, red 0: NDVI 1 exactly (the range is inclusive)
+    out = compute_indices({"nir": f32([[0.2]]), "red": f32([[0.0]])}, ["NDVI"], "sentinel2-l2a")
+    assert out["NDVI"][0, 0] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("nir", "red", "blue", "expected"),
+    [
+        # denominator 0.5 + 0.6 - 1.5 + 1 = 0.6: 2.5 * 0.4 / 0.6 = 1.667 -> out of range
+        (0.5, 0.1, 0.2, NAN),
+        # denominator 0.3 + 0.6 - 1.8975 + 1 = 0.0025 (tiny): 2.5 * 0.2 / 0.0025 = 200
+        (0.3, 0.1, 0.253, NAN),
+        # denominator 0.3 + 0.6 - 1.9125 + 1 = -0.0125: 0.5 / -0.0125 = -40
+        (0.3, 0.1, 0.255, NAN),
+        # denominator exactly 0 is x/0
+        (0.4, 0.1, 0.28, NAN),
+        # 2.5 * 0.3 / (0.4 + 0.6 - 0.375 + 1) = 0.75 / 1.625 = 0.4615
+        (0.4, 0.1, 0.05, 0.75 / 1.625),
+        # bright snow: 2.5 * (-0.05) / (0.8 + 5.1 - 6.75 + 1) = -0.125 / 0.15 = -0.833: kept
+        (0.8, 0.85, 0.9, -0.125 / 0.15),
+        # brighter blue: 2.5 * (-0.05) / (0.8 + 5.1 - 7.125 + 1) = -0.125 / -0.225 = 0.556,
+        # in range but with a negative denominator... the formula's own value: kept
+        (0.8, 0.85, 0.95, -0.125 / -0.225),
+    ],
+)
+def test_evi_tiny_or_negative_denominators_are_nan_never_clipped(nir, red, blue, expected):
+    b = {"nir": f32([[nir]]), "red": f32([[red]]), "blue": f32([[blue]])}
+    got = compute_indices(b, ["EVI"], "sentinel2-l2a")["EVI"][0, 0]
+    if np.isnan(expected):
+        assert np.isnan(got)
+    else:  # inputs are float32: 0.85 and 0.9 are not exact, the denominator amplifies it
+        np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_every_index_is_inside_its_range_or_nan_on_adversarial_inputs():
+    # Reflectance grid with negatives, zeros, tiny and large values and their neighbours:
+    # every combination of every band, for every index.
+    values = np.array([-0.5, -1e-4, 0.0, 1e-7, 1e-4, 0.01, 0.2, 0.5, 1.0, 1.6], np.float32)
+    grids = np.meshgrid(*([values] * 3), indexing="ij")
+    bands = ("nir", "red", "blue")
+    for name in INDICES:
+        used = INDICES[name].bands
+        arrays = {}
+        for i, b in enumerate(used):
+            arrays[b] = grids[i % 3].reshape(-1, 10)
+        got = compute_indices(arrays, [name], "sentinel2-l2a")[name]
+        lo, hi = PHYSICAL_RANGES[name]
+        finite = got[np.isfinite(got)]
+        assert ((finite >= lo) & (finite <= hi)).all(), name
+        # a negative input is NaN whatever the formula gives
+        neg = np.zeros(got.shape, bool)
+        for b in used:
+            neg |= arrays[b] < 0
+        assert np.isnan(got[neg]).all(), name
+        assert np.isfinite(got).any(), name
+    assert set(bands) >= set(INDICES["EVI"].bands)
+
+
+def test_a_result_just_outside_the_range_in_float64_is_nan():
+    # nir 0.5, red -0.0 -> NDVI exactly 1.0 (inside); a value 1 + 2e-9 would round to
+    # 1.0 in float32 but is outside the range before rounding.
+    ndvi = parse_formula("X", "(nir - red) / (nir + red) + 2e-9", (-1.0, 1.0))
+    monkey = {**INDICES, "X": ndvi}
+    from udfs import indices as mod
+
+    saved = mod.INDICES
+    mod.INDICES = MappingProxyType(monkey)
+    try:
+        got = compute_indices({"nir": f32([[0.5]]), "red": f32([[0.0]])}, ["X"], "sentinel2-l2a")
+    finally:
+        mod.INDICES = saved
+    assert np.isnan(got["X"]).all()
+
+
+def test_empty_range_is_rejected():
+    with pytest.raises(FormulaError, match="empty"):
+        parse_formula("X", "nir - red", (1.0, -1.0))

@@ -11,13 +11,17 @@ import pytest
 
 from udfs.errors import ConfigError
 from udfs.masks import (
+    DEFAULT_MASKS,
+    MaskSettings,
     QualityMask,
     UnknownSensorError,
     nodata_mask,
+    out_of_range_mask,
     qa_cloud,
     qa_fill,
     qa_pixel_mask,
     quality_mask,
+    radsat_mask,
     saturated_mask,
     scl_cloud,
     scl_mask,
@@ -218,7 +222,7 @@ def test_qa_bad_configuration_is_rejected(kwargs):
 def test_nodata_and_saturated_masks_uint16_by_hand():
     dn = np.array([[0, 1, 2], [0, 65535, 7], [3, 0, 9]], dtype=np.uint16)
     np.testing.assert_array_equal(nodata_mask(dn, 0), [[T, F, F], [T, F, F], [F, T, F]])
-    np.testing.assert_array_equal(saturated_mask(dn), [[F, F, F], [F, T, F], [F, F, F]])
+    np.testing.assert_array_equal(saturated_mask(dn, 65535), [[F, F, F], [F, T, F], [F, F, F]])
     np.testing.assert_array_equal(saturated_mask(dn, 7), [[F, F, F], [F, T, T], [F, F, T]])
     assert not nodata_mask(dn, None).any()
     assert not saturated_mask(dn, None).any()
@@ -259,10 +263,14 @@ def test_quality_mask_landsat_by_hand():
     nir = np.array([[0, 20000, 31000], [20000, 0, 15000], [40000, 6000, 21000]], np.uint16)
     q = quality_mask("landsat-c2l2", qa, {"red": red, "nir08": nir, "qa": qa})
     np.testing.assert_array_equal(q.nodata, [[T, F, F], [F, T, F], [F, F, F]])
-    np.testing.assert_array_equal(q.invalid, [[T, F, F], [T, T, F], [F, F, F]])
+    # Invalid beyond nodata: outside the C2 SR valid range 7273..43636, i.e. red 65535
+    # (1, 0), red 7000 (1, 2) and nir 6000 (2, 1). Landsat has no saturated DN of its own.
+    np.testing.assert_array_equal(q.invalid, [[T, F, F], [T, T, T], [F, T, F]])
     np.testing.assert_array_equal(q.cloud, [[F, F, T], [F, F, T], [F, F, F]])
-    np.testing.assert_array_equal(q.masked, [[T, F, T], [T, T, T], [T, F, F]])
-    assert fractions(q.nodata, q.cloud, q.masked) == pytest.approx((1 / 3, 2 / 7))
+    np.testing.assert_array_equal(q.masked, [[T, F, T], [T, T, T], [T, T, F]])
+    assert q.cloud_known
+    # valid: (0, 1) and (2, 2); cloud with data: (0, 2) and (1, 2) of 7 pixels with data
+    assert fractions(q.nodata, q.cloud, q.masked) == pytest.approx((2 / 9, 2 / 7))
 
     q2 = quality_mask(
         "landsat-c2l2-tm",
@@ -271,7 +279,7 @@ def test_quality_mask_landsat_by_hand():
         qa_flags=("fill",),
         min_confidence={"cloud_confidence": 3},
     )
-    np.testing.assert_array_equal(q2.masked, [[T, F, T], [T, T, F], [F, F, F]])
+    np.testing.assert_array_equal(q2.masked, [[T, F, T], [T, T, T], [F, T, F]])
     np.testing.assert_array_equal(q2.cloud, q.cloud)
 
 
@@ -281,8 +289,12 @@ def test_quality_mask_sentinel2_l1c_has_only_nodata_and_saturation():
     q = quality_mask("sentinel2-l1c", None, {"blue": b02, "red": b04})
     np.testing.assert_array_equal(q.nodata, [[T, T, F], [F, F, F], [F, F, F]])
     np.testing.assert_array_equal(q.invalid, [[T, T, T], [F, F, F], [F, F, T]])
-    assert not q.cloud.any()
+    assert not q.cloud.any() and q.cloud_known is False
     np.testing.assert_array_equal(q.masked, q.invalid)
+    # Unknown is not zero: no quality band, no cloud fraction (7 pixels have data).
+    valid_fraction, cloud_fraction = fractions(q.nodata, q.cloud, q.masked, q.cloud_known)
+    assert valid_fraction == pytest.approx(5 / 9)  # 4 invalid pixels
+    assert np.isnan(cloud_fraction)
 
 
 def test_quality_mask_all_nodata_tile():
@@ -313,6 +325,162 @@ def test_quality_mask_unknown_sensor_is_a_key_error():
 def test_quality_mask_rejects_inconsistent_input(sensor, qa, bands, match):
     with pytest.raises(ValueError, match=match):
         quality_mask(sensor, qa, bands)
+
+
+# --------------------------------------------------------------------------- saturation, ranges
+
+
+def test_valid_range_edges_7272_7273_43636_43637():
+    dn = np.array([[0, 7272, 7273], [43636, 43637, 65535]], np.uint16)
+    np.testing.assert_array_equal(out_of_range_mask(dn, (7273, 43636)), [[T, T, F], [F, T, T]])
+    assert not out_of_range_mask(dn, None).any()
+    # Through quality_mask, from the sensor's own definition (qa 21824: clear, no flag).
+    qa = np.full((2, 3), 21824, np.uint16)
+    q = quality_mask("landsat-c2l2", qa, {"red": dn})
+    np.testing.assert_array_equal(q.invalid, [[T, T, F], [F, T, T]])
+    np.testing.assert_array_equal(q.nodata, [[T, F, F], [F, F, F]])
+    # Sentinel-2 documents no valid range: only DN 0 (nodata) and 65535 (saturated).
+    scl = np.full((2, 3), 4, np.uint8)
+    q2 = quality_mask("sentinel2-l2a", scl, {"red": dn})
+    np.testing.assert_array_equal(q2.invalid, [[T, F, F], [F, F, T]])
+
+
+# (word, masked on OLI, masked on TM/ETM+). Collection 2 QA_RADSAT (LSDS-1619 for OLI,
+# LSDS-1618 for TM/ETM+): bit n-1 = band n. OLI: bits 0-6 bands 1-7 (all read as SR),
+# bit 8 band 9 (cirrus, not SR), bit 11 terrain occlusion. TM/ETM+: bits 0-4 bands 1-5,
+# bit 5 band 6 (thermal, not SR), bit 6 band 7, bit 8 band 6H, bit 9 dropped pixel.
+RADSAT_WORDS = [
+    (0, F, F),
+    (1 << 3, T, T),  # OLI SR_B4 (red); TM SR_B4 (nir)
+    (1 << 5, T, F),  # OLI SR_B6 (swir16); TM thermal band 6
+    (1 << 6, T, T),  # SR_B7 on both
+    (1 << 7, F, F),  # unused
+    (1 << 8, F, F),  # OLI band 9; TM band 6H
+    (1 << 11, F, F),  # OLI terrain occlusion
+    ((1 << 11) | 1, T, T),  # band 1 as well
+]
+
+
+@pytest.mark.parametrize(("word", "oli", "tm"), RADSAT_WORDS)
+def test_qa_radsat_bits_mask_only_through_reflectance_bands(word, oli, tm):
+    radsat = np.array([[word]], np.uint16)
+    assert radsat_mask(radsat, "landsat-c2l2")[0, 0] == oli
+    assert radsat_mask(radsat, "landsat-c2l2-tm")[0, 0] == tm
+
+
+def test_qa_radsat_bit_3_is_sr_b4_the_red_band_of_oli():
+    # Bit 3 is band 4 (Collection 2 numbering from bit 0), not band 3 as in Collection 1's
+    # radsat_qa (bit 0 = fill there). On OLI band 4 is SR_B4, the tiles' red column.
+    from udfs.sensors import SENSORS
+
+    oli = SENSORS["landsat-c2l2"]
+    assert oli.saturation_bits["SR_B4"] == 3 and oli.band("SR_B4").common == "red"
+    assert oli.saturation_bits["SR_B3"] == 2
+    qa = np.full((1, 3), 21824, np.uint16)
+    red = np.full((1, 3), 10000, np.uint16)
+    radsat = np.array([[0, 1 << 3, 1 << 2]], np.uint16)
+    q = quality_mask("landsat-c2l2", qa, {"red": red}, radsat=radsat)
+    np.testing.assert_array_equal(q.invalid, [[F, T, T]])  # band 3 saturated masks too
+    assert not q.nodata.any() and not q.cloud.any()
+
+
+def test_qa_radsat_absent_means_only_the_valid_range_applies():
+    qa = np.full((1, 2), 21824, np.uint16)
+    red = np.array([[10000, 50000]], np.uint16)
+    q = quality_mask("landsat-c2l2", qa, {"red": red})  # no radsat: unknown, not clear
+    np.testing.assert_array_equal(q.invalid, [[F, T]])
+    q2 = quality_mask("landsat-c2l2", qa, {"red": red}, radsat=np.array([[1, 0]], np.uint16))
+    np.testing.assert_array_equal(q2.invalid, [[T, T]])
+
+
+def test_qa_radsat_bad_words_are_masked_and_s2_has_none():
+    assert radsat_mask(np.array([[np.nan, -1.0, 0.0]]), "landsat-c2l2").tolist() == [[T, T, F]]
+    with pytest.raises(ValueError, match="QA_RADSAT"):
+        radsat_mask(np.zeros((1, 1), np.uint16), "sentinel2-l2a")
+    with pytest.raises(ValueError, match="radsat"):
+        quality_mask(
+            "sentinel2-l2a",
+            np.zeros((1, 1), np.uint8),
+            {"red": np.ones((1, 1), np.uint16)},
+            radsat=np.zeros((1, 1), np.uint16),
+        )
+
+
+def test_sentinel2_saturated_dn_comes_from_the_sensor():
+    scl = np.full((1, 3), 4, np.uint8)
+    red = np.array([[65534, 65535, 1000]], np.uint16)
+    for sensor, qa in (("sentinel2-l2a", scl), ("sentinel2-l1c", None)):
+        q = quality_mask(sensor, qa, {"red": red})
+        np.testing.assert_array_equal(q.invalid, [[F, T, F]], err_msg=sensor)
+    # SCL class 1 (saturated or defective) is invalid whatever the DN
+    q = quality_mask("sentinel2-l2a", np.array([[1, 4, 4]], np.uint8), {"red": red})
+    np.testing.assert_array_equal(q.invalid, [[T, T, F]])
+
+
+def test_quality_columns_in_bands_are_not_treated_as_reflectance():
+    # A radsat word of 0 or a qa word passed among the bands must not count as DN 0.
+    qa = np.full((1, 2), 21824, np.uint16)
+    red = np.full((1, 2), 10000, np.uint16)
+    bands = {"red": red, "qa": qa, "radsat": np.zeros((1, 2), np.uint16)}
+    q = quality_mask("landsat-c2l2", qa, bands)
+    assert not q.invalid.any()
+
+
+# --------------------------------------------------------------------------- mask settings
+
+
+def test_mask_settings_defaults_and_normalisation():
+    assert DEFAULT_MASKS.scl_classes == (0, 1, 3, 8, 9, 10, 11)
+    assert DEFAULT_MASKS.qa_flags == ("fill", "dilated_cloud", "cirrus", "cloud",
+                                      "cloud_shadow", "snow")  # fmt: skip
+    assert DEFAULT_MASKS.min_confidence == {}
+    m = MaskSettings([9, 3, 3], ["cloud"], {"cirrus_confidence": 2, "cloud_confidence": 3})
+    assert m.scl_classes == (3, 9)
+    assert m.qa_min_confidence == (("cirrus_confidence", 2), ("cloud_confidence", 3))
+    assert m == MaskSettings(
+        (3, 9), ("cloud",), (("cloud_confidence", 3), ("cirrus_confidence", 2))
+    )
+    hash(m)  # frozen and hashable: safe to ship to executors
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"scl_classes": [12]},
+        {"scl_classes": [True]},
+        {"scl_classes": "3,8"},
+        {"qa_flags": ["clouds"]},
+        {"qa_min_confidence": {"cloud_confidence": 0}},
+        {"qa_min_confidence": {"cloud": 2}},
+    ],
+)
+def test_mask_settings_are_validated(kwargs):
+    with pytest.raises(ConfigError):
+        MaskSettings(**kwargs)
+
+
+def test_mask_settings_change_the_mask():
+    scl = np.array([[3, 8, 11, 4]], np.uint8)
+    red = np.full((1, 4), 1500, np.uint16)
+    default = quality_mask("sentinel2-l2a", scl, {"red": red})
+    np.testing.assert_array_equal(default.masked, [[T, T, T, F]])
+    only_clouds = quality_mask("sentinel2-l2a", scl, {"red": red}, masks=MaskSettings([8, 9]))
+    np.testing.assert_array_equal(only_clouds.masked, [[F, T, F, F]])
+    # cloud is reported whatever is masked
+    np.testing.assert_array_equal(only_clouds.cloud, default.cloud)
+    # QA_PIXEL 21824: clear, every confidence field low (01). 22080 = 21824 - 256 + 512:
+    # cloud confidence (bits 8-9) medium (10). Masked only with a threshold of 2.
+    qa = np.array([[21824, 22080]], np.uint16)
+    lred = np.full((1, 2), 10000, np.uint16)
+    plain = quality_mask("landsat-c2l2", qa, {"red": lred}, masks=MaskSettings(qa_flags=["fill"]))
+    strict = quality_mask(
+        "landsat-c2l2",
+        qa,
+        {"red": lred},
+        masks=MaskSettings(qa_flags=["fill"], qa_min_confidence={"cloud_confidence": 2}),
+    )
+    np.testing.assert_array_equal(plain.masked, [[F, F]])
+    np.testing.assert_array_equal(strict.masked, [[F, T]])
 
 
 # --------------------------------------------------------------------------- real samples

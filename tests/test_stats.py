@@ -211,3 +211,96 @@ def test_fractions_empty_tile_is_nan():
 def test_fractions_rejects_bad_masks(nodata, cloud, error):
     with pytest.raises(error):
         fractions(nodata, cloud)
+
+
+def test_fractions_unknown_cloud_cover_is_nan_not_zero():
+    no = np.array([[True, False], [False, False]])
+    cloud = np.zeros((2, 2), bool)
+    valid, cloud_fraction = fractions(no, cloud, no, cloud_known=False)
+    assert valid == 0.75 and np.isnan(cloud_fraction)
+
+
+# --------------------------------------------------------------------------- tile kernels
+
+
+def _l1c_tile() -> dict[str, np.ndarray]:
+    from udfs.sensors import SENSORS
+
+    dn = {b.common: np.full((2, 3), 2000, np.uint16) for b in SENSORS["sentinel2-l1c"].bands}
+    dn["red"][0, 0] = 0  # nodata
+    dn["nir"][0, 1] = 65535  # saturated
+    return dn
+
+
+def test_l1c_tile_has_unknown_cloud_fraction_and_is_never_usable():
+    from udfs.feature_udfs import feature_rows
+
+    f = tile_features_kernel("sentinel2-l1c", _l1c_tile(), {}, ["NDVI"])
+    assert f["pixel_count"] == 6 and f["valid_count"] == 4
+    assert np.isnan(f["cloud_fraction"])  # unknown, not 0.0
+    row = {"scene_id": "s", "tile_row": 0, "tile_col": 0, "height": 2, "width": 3,
+           "dtype": "uint16", "row_off": 0, "col_off": 0,
+           **{k: v.astype("<u2").tobytes() for k, v in _l1c_tile().items()}}  # fmt: skip
+    scene = {"sensor": "sentinel2-l1c", "scaling": {}, "acquired_date": None, "tile_size": 256}
+    (out,) = feature_rows([row], {"s": scene}, ["NDVI"], 1.0, {}, lambda e: None)
+    assert np.isnan(out["cloud_fraction"]) and out["usable"] is False
+    assert out["radiometry"] == "toa" and out["valid_count"] == 4
+
+
+def test_core_only_statistics_count_each_scene_pixel_once():
+    from udfs.tiling import core_slices
+
+    # Tile (0, 1) of a tile_size 2 grid with overlap 1 is stored at columns 1..3 of a
+    # 2 x 4 scene: its core is columns 2..3, i.e. stored columns 1..2.
+    core = core_slices(0, 1, 0, 1, 2, 3, 2)
+    assert core == (slice(0, 2), slice(1, 3))
+    dn = {"red": np.array([[1100, 1200, 1300], [1400, 1500, 1600]], np.uint16),
+          "nir": np.full((2, 3), 3000, np.uint16), "qa": np.full((2, 3), 4, np.uint8)}  # fmt: skip
+    from udfs.sensors import SENSORS
+
+    for b in SENSORS["sentinel2-l2a"].reflectance_bands:
+        dn.setdefault(b.common, np.full((2, 3), 2000, np.uint16))
+    whole = tile_features_kernel("sentinel2-l2a", dn, {}, ["NDVI"])
+    part = tile_features_kernel("sentinel2-l2a", dn, {}, ["NDVI"], core=core)
+    assert whole["pixel_count"] == 6 and part["pixel_count"] == 4
+    # core red DN 1200, 1300, 1500, 1600 -> mean 1400 / 10000
+    assert part["stats"]["red"]["mean"] == pytest.approx(0.14)
+    assert part["stats"]["red"]["count"] == 4
+
+
+def tile_features_kernel(*args, **kwargs):
+    from udfs.features import tile_features
+
+    return tile_features(*args, **kwargs)
+
+
+def test_decode_tile_skips_a_null_optional_band_but_not_a_required_one():
+    from udfs.features import TileDataError, decode_tile
+
+    arr = np.full((1, 2), 10000, np.uint16).astype("<u2").tobytes()
+    row = {"height": 1, "width": 2, "dtype": "uint16",
+           **{c: arr for c in ("coastal", "blue", "green", "red", "nir08", "swir16", "swir22",
+                               "qa")}, "radsat": None}  # fmt: skip
+    out = decode_tile(row, "landsat-c2l2")
+    assert "radsat" not in out and set(out) == {"coastal", "blue", "green", "red", "nir08",
+                                                "swir16", "swir22", "qa"}  # fmt: skip
+    row["radsat"] = arr
+    assert "radsat" in decode_tile(row, "landsat-c2l2")
+    row["qa"] = None
+    with pytest.raises(TileDataError, match="QA_PIXEL"):
+        decode_tile(row, "landsat-c2l2")
+
+
+def test_radsat_is_never_a_reflectance_layer():
+    from udfs.features import pixel_table, tile_features
+
+    qa = np.full((1, 2), 21824, np.uint16)
+    dn = {c: np.full((1, 2), 10000, np.uint16)
+          for c in ("coastal", "blue", "green", "red", "nir08", "swir16", "swir22")}  # fmt: skip
+    dn["qa"] = qa
+    dn["radsat"] = np.array([[0, 1 << 3]], np.uint16)  # pixel 2: SR_B4 saturated
+    f = tile_features("landsat-c2l2", dn, {}, ["NDVI"])
+    assert "radsat" not in f["stats"] and "qa" not in f["stats"]
+    assert f["valid_count"] == 1
+    cols = pixel_table("landsat-c2l2", dn, {}, ["NDVI"])
+    assert "radsat" not in cols and cols["col"].tolist() == [0]

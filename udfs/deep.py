@@ -9,6 +9,11 @@ Model contract (what :func:`make_predict_fn` expects of any ONNX model, the demo
 
 * one float32 input of shape ``(N, C, chip, chip)``: surface reflectance (unitless,
   nominally 0..1) of the bands named in the metadata, in that order, NaN/nodata as 0.
+  **Masked pixels get the same treatment as nodata** (0 in every channel): the job's
+  :class:`udfs.masks.MaskSettings` (clouds, shadows, cirrus, snow by default) and the
+  invalid pixels (saturated, outside the valid DN range) are masked exactly as for the
+  statistics and the pixel view. Negative reflectance is kept as measured, like in every
+  reflectance layer (:mod:`udfs.indices` states the policy).
   Any normalisation is part of the graph, so callers feed plain reflectance;
 * an output of shape ``(N, K)`` with class probabilities (softmax), named by the
   ``eo.output`` metadata entry (else the model's first output);
@@ -30,7 +35,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from udfs.features import TileDataError, decode_tile, reflectance_layers
+from udfs.features import TileDataError, decode_tile, reflectance_layers, tile_quality
+from udfs.masks import MaskSettings
 from udfs.sensors import SENSORS
 
 CHIP_SIZE = 64
@@ -71,6 +77,26 @@ def resolve_bands(sensor_key: str, bands: Sequence[str]) -> list[str]:
             )
         out.append(col)
     return out
+
+
+def masked_reflectance(
+    sensor_key: str,
+    dn: Mapping[str, np.ndarray],
+    scaling: Mapping[str, tuple[float, float]],
+    masks: MaskSettings | None = None,
+) -> dict[str, np.ndarray]:
+    """Reflectance of one decoded tile (float32, unitless), NaN where masked or nodata.
+
+    The same quality mask as the statistics and the pixel view
+    (:func:`udfs.features.tile_quality`): invalid pixels and the classes / flags of
+    ``masks`` (None: :data:`udfs.masks.DEFAULT_MASKS`) become NaN, which
+    :func:`chips_from_tile` feeds to the model as 0.
+    """
+    q = tile_quality(sensor_key, dn, masks)
+    refl = reflectance_layers(sensor_key, dn, scaling)
+    for arr in refl.values():
+        arr[q.masked] = np.nan
+    return refl
 
 
 def chips_from_tile(
@@ -132,12 +158,14 @@ def make_chip_reader(
     schema: pa.Schema,
     chip: int = CHIP_SIZE,
     pad: bool = False,
+    masks: MaskSettings | None = None,
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """mapInArrow function: ``tiles`` rows -> one row per chip (see ``pipelines.deep``).
 
     ``scenes`` is ``pipelines.features.scene_table``'s scene_id -> sensor, scaling. Tiles
     of other scenes are skipped, and so are tiles whose pixel buffers do not decode (the
-    features job rejects those with a reason).
+    features job rejects those with a reason). Pixels masked by ``masks`` (None: the
+    defaults) or invalid are 0 in the chips, like nodata.
     """
     scaling = {
         sid: {k: (float(v[0]), float(v[1])) for k, v in s["scaling"].items()}
@@ -155,7 +183,7 @@ def make_chip_reader(
                     dn = decode_tile(row, sensor)
                 except TileDataError:
                     continue
-                refl = reflectance_layers(sensor, dn, scaling[row["scene_id"]])
+                refl = masked_reflectance(sensor, dn, scaling[row["scene_id"]], masks)
                 chips, pos = chips_from_tile(refl, resolve_bands(sensor, bands), chip, pad)
                 if not pos:
                     continue

@@ -3,6 +3,11 @@
 Two ways in, one kernel: :func:`make_feature_reader` either reads the ``tiles`` Parquet
 files itself with pyarrow (pixels never pass through the JVM) or
 takes tile rows from a Spark DataFrame. Bad tiles are reported as ``rejected`` records.
+
+Both readers compute over each tile's core only (:func:`tile_core`: the tile's
+``row_off`` / ``col_off`` and the scene's ``tile_size``), so sums over ``tile_features``
+or over the pixel view count each scene pixel once whatever ``ingest.overlap`` was, and
+mask with the job's :class:`udfs.masks.MaskSettings` (``masks=None``: the defaults).
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from udfs.features import TileDataError, decode_tile, pixel_table, tile_features
-from udfs.sensors import BAND_COLUMNS
+from udfs.features import Core, TileDataError, decode_tile, pixel_table, tile_features
+from udfs.masks import MaskSettings
+from udfs.sensors import BAND_COLUMNS, SENSORS
+from udfs.tiling import core_slices
 
 TILE_COLUMNS = ("scene_id", "tile_row", "tile_col", "width", "height", "dtype", *BAND_COLUMNS)
+#: ``tiles`` columns that place a tile in the scene grid, needed for its core.
+CORE_COLUMNS = ("row_off", "col_off")
 
 
 def tile_tables(
@@ -76,6 +85,35 @@ def _scaling(scene: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
     return {k: (float(v[0]), float(v[1])) for k, v in scene["scaling"].items()}
 
 
+def tile_core(row: Mapping[str, Any], scene: Mapping[str, Any]) -> Core:
+    """The core of a ``tiles`` row (:func:`udfs.tiling.core_slices`).
+
+    ``row`` needs ``tile_row``, ``tile_col``, ``height``, ``width`` and
+    :data:`CORE_COLUMNS`; ``scene`` its ``tile_size`` (``scenes.tile_size``). A scene
+    without a recorded tile size has no known overlap: None (the whole tile).
+
+    Raises
+    ------
+    KeyError
+        ``row`` lacks ``row_off`` / ``col_off`` (select :data:`CORE_COLUMNS` too).
+    """
+    size = scene.get("tile_size")
+    if not size:
+        return None
+    missing = [c for c in CORE_COLUMNS if c not in row]
+    if missing:
+        raise KeyError(f"tile rows need {', '.join(missing)} to find their core")
+    return core_slices(
+        row["tile_row"],
+        row["tile_col"],
+        row["row_off"],
+        row["col_off"],
+        row["height"],
+        row["width"],
+        int(size),
+    )
+
+
 def feature_rows(
     rows: Sequence[Mapping[str, Any]],
     scenes: Mapping[str, Mapping[str, Any]],
@@ -83,25 +121,36 @@ def feature_rows(
     max_cloud_fraction: float,
     extra: Mapping[str, Any],
     report_error: Callable[[list[dict[str, Any]]], None],
+    masks: MaskSettings | None = None,
 ) -> list[dict[str, Any]]:
-    """``tile_features`` rows for tile rows of the scenes in ``scenes`` (others skipped)."""
+    """``tile_features`` rows for tile rows of the scenes in ``scenes`` (others skipped).
+
+    ``usable`` means *known* to be clear enough: at least one valid pixel and a known
+    cloud fraction at most ``max_cloud_fraction``. A sensor without a quality band
+    (Sentinel-2 L1C) has an unknown (NaN) cloud fraction, so its tiles are never usable.
+    ``radiometry`` is the sensor's (``surface`` or ``toa``), so top-of-atmosphere rows are
+    never mistaken for surface reflectance.
+    """
     out: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     for row, scene, dn in decoded_tiles(rows, scenes, "features", errors):
-        f = tile_features(scene["sensor"], dn, _scaling(scene), indices)
+        sensor = scene["sensor"]
+        f = tile_features(sensor, dn, _scaling(scene), indices, masks, tile_core(row, scene))
         cloud = f["cloud_fraction"]
+        known = cloud == cloud  # NaN: unknown
         out.append(
             {
                 "scene_id": row["scene_id"],
                 "tile_row": row["tile_row"],
                 "tile_col": row["tile_col"],
-                "sensor": scene["sensor"],
+                "sensor": sensor,
+                "radiometry": SENSORS[sensor].radiometry,
                 "acquired_date": scene["acquired_date"],
                 "pixel_count": f["pixel_count"],
                 "valid_count": f["valid_count"],
                 "valid_fraction": f["valid_fraction"],
                 "cloud_fraction": cloud,
-                "usable": f["valid_count"] > 0 and cloud == cloud and cloud <= max_cloud_fraction,
+                "usable": f["valid_count"] > 0 and known and cloud <= max_cloud_fraction,
                 "stats": list(f["stats"].items()),
                 **extra,
             }
@@ -119,17 +168,20 @@ def make_feature_reader(
     schema: pa.Schema,
     report_error: Callable[[list[dict[str, Any]]], None],
     from_files: bool = False,
+    masks: MaskSettings | None = None,
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """mapInArrow function producing ``tile_features`` rows.
 
-    Input batches hold ``tiles`` rows, or with ``from_files`` a ``path`` column of tiles
-    Parquet files that the worker reads itself, one row group at a time.
+    Input batches hold ``tiles`` rows (:data:`TILE_COLUMNS` and :data:`CORE_COLUMNS`), or
+    with ``from_files`` a ``path`` column of tiles Parquet files that the worker reads
+    itself, one row group at a time. ``masks``: the quality classes and flags to mask
+    (None: the defaults).
     """
 
     def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for tiles in tile_tables(batches, from_files, TILE_COLUMNS):
+        for tiles in tile_tables(batches, from_files, (*TILE_COLUMNS, *CORE_COLUMNS)):
             rows = feature_rows(
-                tiles.to_pylist(), scenes, indices, max_cloud_fraction, extra, report_error
+                tiles.to_pylist(), scenes, indices, max_cloud_fraction, extra, report_error, masks
             )
             if rows:
                 yield pa.RecordBatch.from_pylist(rows, schema=schema)
@@ -141,15 +193,25 @@ def make_pixel_reader(
     scenes: Mapping[str, Mapping[str, Any]],
     indices: Sequence[str],
     schema: pa.Schema,
+    masks: MaskSettings | None = None,
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """mapInArrow function: ``tiles`` rows -> one row per valid pixel (see pixel view)."""
+    """mapInArrow function: ``tiles`` rows -> one row per valid core pixel (pixel view).
+
+    Input rows need :data:`TILE_COLUMNS` and :data:`CORE_COLUMNS`; ``scenes`` maps
+    scene_id -> sensor, scaling, acquired_date and tile_size
+    (``pipelines.features.scene_table``). Only the tile's core pixels are emitted, so a
+    sum over the view counts every scene pixel once; ``row`` / ``col`` stay positions in
+    the stored tile. ``masks``: the quality classes and flags to mask (None: defaults).
+    """
     names = [f.name for f in schema]
 
     def explode(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             # Undecodable tiles are left out: the features job rejects them with a reason.
             for row, scene, dn in decoded_tiles(batch.to_pylist(), scenes, "pixels", []):
-                cols = pixel_table(scene["sensor"], dn, _scaling(scene), indices)
+                sensor = scene["sensor"]
+                core = tile_core(row, scene)
+                cols = pixel_table(sensor, dn, _scaling(scene), indices, masks, core)
                 n = len(cols["row"])
                 if n == 0:
                     continue
@@ -157,8 +219,12 @@ def make_pixel_reader(
                 for name in names:
                     if name in cols:
                         arrays.append(pa.array(cols[name], type=schema.field(name).type))
-                    elif name in ("scene_id", "sensor"):
-                        value = row["scene_id"] if name == "scene_id" else scene["sensor"]
+                    elif name in ("scene_id", "sensor", "radiometry"):
+                        value = {
+                            "scene_id": row["scene_id"],
+                            "sensor": sensor,
+                            "radiometry": SENSORS[sensor].radiometry,
+                        }[name]
                         arrays.append(pa.array([value] * n, pa.string()))
                     elif name in ("tile_row", "tile_col"):
                         arrays.append(pa.array([row[name]] * n, pa.int32()))

@@ -2,6 +2,23 @@
 
 Pure numpy composition of :mod:`udfs.masks`, :mod:`udfs.reflectance`,
 :mod:`udfs.indices` and :mod:`udfs.stats` (no pyspark, no I/O).
+
+Decisions
+---------
+* Bands are told apart by their role in :data:`udfs.sensors.SENSORS`, never by column
+  name: only ``reflectance`` bands are scaled, summarised and fed to indices; ``quality``
+  bands (``qa``: SCL / QA_PIXEL, ``radsat``: Landsat QA_RADSAT) only build the mask.
+* Reflectance layers keep the measured value, negative ones included; the index
+  policy (NaN where an input is negative or the result leaves the index's physical
+  range) lives in :func:`udfs.indices.compute_indices` alone.
+* **Overlap counted once.** With ``ingest.overlap > 0`` a stored tile holds pixels of
+  its neighbours' cores too. Counts, fractions and statistics (:func:`tile_features`)
+  and the pixel view (:func:`pixel_table`) use the tile's *core* only
+  (``core``, from :func:`udfs.tiling.core_slices`), so a sum over tiles counts every
+  scene pixel once. Pixel positions stay positions in the stored tile.
+* **Unknown is not zero.** A sensor without a quality band (Sentinel-2 L1C) has an
+  unknown cloud cover per pixel: ``cloud_fraction`` is NaN (the scene-level cloud cover
+  of the product's metadata stays in ``scenes.cloud_cover``).
 """
 
 from __future__ import annotations
@@ -12,13 +29,16 @@ from typing import Any
 import numpy as np
 
 from udfs.indices import compute_indices
-from udfs.masks import quality_mask
+from udfs.masks import MaskSettings, QualityMask, quality_mask
 from udfs.reflectance import to_reflectance
 from udfs.sensors import SENSORS
 from udfs.stats import STAT_NAMES, fractions, stack_statistics
 from udfs.tiling import decode_array
 
 DEFAULT_INDICES = ("NDVI", "EVI", "SAVI", "NDWI", "MNDWI", "NDBI", "NBR", "NDMI")
+
+#: Rows and columns of a tile's core (:func:`udfs.tiling.core_slices`); None: whole tile.
+Core = tuple[slice, slice] | None
 
 
 class TileDataError(ValueError):
@@ -28,15 +48,19 @@ class TileDataError(ValueError):
 def decode_tile(row: Mapping[str, Any], sensor_key: str) -> dict[str, np.ndarray]:
     """Decode the band columns a sensor has from a ``tiles`` row.
 
-    Returns column -> ``(height, width)`` array of ``row['dtype']``. Raises
-    :class:`TileDataError` naming the band when a column is null or its byte length does
-    not match ``height x width x itemsize``.
+    Returns column -> ``(height, width)`` array of ``row['dtype']``. An optional band
+    (:attr:`udfs.sensors.Band.optional`, Landsat ``QA_RADSAT``) whose column is null is
+    left out of the result. Raises :class:`TileDataError` naming the band when a required
+    column is null or any column's byte length does not match
+    ``height x width x itemsize``.
     """
     h, w, dtype = row["height"], row["width"], row["dtype"]
     out = {}
     for band in SENSORS[sensor_key].bands:
         buf = row.get(band.common)
         if buf is None:
+            if band.optional:
+                continue
             size = h * w * np.dtype(dtype).itemsize
             raise TileDataError(
                 f"band {band.name} (column {band.common}) is missing: null where "
@@ -49,13 +73,37 @@ def decode_tile(row: Mapping[str, Any], sensor_key: str) -> dict[str, np.ndarray
     return out
 
 
+def reflectance_dn(sensor_key: str, dn: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The DN arrays of the sensor's reflectance bands only (by band role), by column."""
+    return {b.common: dn[b.common] for b in SENSORS[sensor_key].reflectance_bands}
+
+
+def tile_quality(
+    sensor_key: str, dn: Mapping[str, np.ndarray], masks: MaskSettings | None = None
+) -> QualityMask:
+    """:func:`udfs.masks.quality_mask` of one decoded tile (``qa`` and ``radsat`` from ``dn``).
+
+    ``radsat`` absent from ``dn`` (a null optional column) means saturation unknown.
+    """
+    return quality_mask(
+        sensor_key,
+        dn.get("qa"),
+        reflectance_dn(sensor_key, dn),
+        radsat=dn.get("radsat"),
+        masks=masks,
+    )
+
+
 def reflectance_layers(
     sensor_key: str, dn: Mapping[str, np.ndarray], scaling: Mapping[str, tuple[float, float]]
 ) -> dict[str, np.ndarray]:
-    """Surface reflectance (float32, unitless, NaN for nodata) of each reflectance band.
+    """Reflectance (float32, unitless, NaN for nodata) of each reflectance band.
 
     ``scaling`` maps the product band name (``B04``, ``SR_B4``) to ``(scale, offset)``,
-    as recorded in ``scenes.scaling``.
+    as recorded in ``scenes.scaling``. The measured value is kept: slightly negative
+    reflectance (Sentinel-2 from baseline 04.00, DN below 1000) stays negative here.
+    Surface reflectance for L2A / Landsat L2, top-of-atmosphere for L1C
+    (:attr:`udfs.sensors.Sensor.radiometry`).
     """
     sensor = SENSORS[sensor_key]
     out = {}
@@ -65,35 +113,60 @@ def reflectance_layers(
     return out
 
 
+def _crop(dn: Mapping[str, np.ndarray], core: Core) -> dict[str, np.ndarray]:
+    if core is None:
+        return dict(dn)
+    return {k: v[core] for k, v in dn.items()}
+
+
+def core_mask(shape: tuple[int, int], core: Core) -> np.ndarray:
+    """Bool ``shape`` array, True on the core's pixels (everywhere when ``core`` is None)."""
+    if core is None:
+        return np.ones(shape, bool)
+    out = np.zeros(shape, bool)
+    out[core] = True
+    return out
+
+
 def tile_features(
     sensor_key: str,
     dn: Mapping[str, np.ndarray],
     scaling: Mapping[str, tuple[float, float]],
     indices: Sequence[str] = DEFAULT_INDICES,
+    masks: MaskSettings | None = None,
+    core: Core = None,
 ) -> dict[str, Any]:
-    """Masks, fractions and per-band / per-index statistics of one tile.
+    """Masks, fractions and per-band / per-index statistics of one tile's core.
 
     Parameters
     ----------
     sensor_key : str
         Key of :data:`udfs.sensors.SENSORS`.
     dn : mapping of str to ndarray, shape (rows, cols)
-        Decoded DN arrays by ``tiles`` column (``qa`` included where the sensor has one).
+        Decoded DN arrays by ``tiles`` column (quality columns ``qa`` / ``radsat``
+        included where the sensor has them).
     scaling : mapping
         Product band name -> ``(scale, offset)``; reflectance = DN * scale + offset.
     indices : sequence of str
         Index names of :data:`udfs.indices.INDICES`.
+    masks : MaskSettings, optional
+        Quality classes and flags to mask (default :data:`udfs.masks.DEFAULT_MASKS`).
+    core : (slice, slice), optional
+        The tile's core (:func:`udfs.tiling.core_slices`); every number is computed over
+        it only. None: the whole tile (no overlap).
 
     Returns
     -------
     dict
-        ``pixel_count``, ``valid_count`` (pixels neither nodata nor masked),
-        ``valid_fraction``, ``cloud_fraction`` (see :func:`udfs.stats.fractions`) and
-        ``stats``: layer name (lower-case band column or index) -> statistics over valid
-        pixels (:data:`udfs.stats.STAT_NAMES`).
+        ``pixel_count`` (core pixels), ``valid_count`` (core pixels neither nodata nor
+        masked), ``valid_fraction``, ``cloud_fraction`` (see :func:`udfs.stats.fractions`;
+        NaN where the sensor has no quality band) and ``stats``: layer name (lower-case
+        band column or index) -> statistics over valid pixels with a finite value
+        (:data:`udfs.stats.STAT_NAMES`; an index's ``count`` leaves out pixels where the
+        index is NaN by the policy of :mod:`udfs.indices`).
     """
-    refl_dn = {k: v for k, v in dn.items() if k != "qa"}
-    q = quality_mask(sensor_key, dn.get("qa"), refl_dn)
+    dn = _crop(dn, core)
+    q = tile_quality(sensor_key, dn, masks)
     refl = reflectance_layers(sensor_key, dn, scaling)
     keep = ~q.masked
     for arr in refl.values():
@@ -102,7 +175,7 @@ def tile_features(
     names = [*refl.keys(), *(n.lower() for n in idx)]
     stack = np.stack([*refl.values(), *idx.values()])
     stats = stack_statistics(stack, keep)
-    valid_fraction, cloud_fraction = fractions(q.nodata, q.cloud, q.masked)
+    valid_fraction, cloud_fraction = fractions(q.nodata, q.cloud, q.masked, q.cloud_known)
     return {
         "pixel_count": int(keep.size),
         "valid_count": int(keep.sum()),
@@ -123,18 +196,28 @@ def pixel_table(
     dn: Mapping[str, np.ndarray],
     scaling: Mapping[str, tuple[float, float]],
     indices: Sequence[str] = DEFAULT_INDICES,
+    masks: MaskSettings | None = None,
+    core: Core = None,
 ) -> dict[str, np.ndarray]:
     """Per-pixel features of one tile's valid (unmasked) pixels, as flat columns.
 
-    Returns ``row`` and ``col`` (int32, pixel position in the tile), one float32 column per
-    reflectance band (``tiles`` column names) and per index (lower-case names), all of
-    length ``valid_count``.
+    Parameters are those of :func:`tile_features`. With ``core`` only the core's pixels
+    are emitted (each scene pixel once over all tiles); without it, every valid pixel of
+    the tile.
+
+    Returns
+    -------
+    dict of str to ndarray, each of length n (the valid pixels emitted)
+        ``row`` and ``col`` (int32, pixel position in the stored tile, overlap
+        included), one float32 column per reflectance band (``tiles`` column names,
+        unitless, measured value) and per index (lower-case names; NaN where the index
+        is undefined, see :mod:`udfs.indices`).
     """
-    refl_dn = {k: v for k, v in dn.items() if k != "qa"}
-    q = quality_mask(sensor_key, dn.get("qa"), refl_dn)
-    keep = ~q.masked
+    q = tile_quality(sensor_key, dn, masks)
+    keep = ~q.masked & core_mask(q.masked.shape, core)
     rows, cols = np.nonzero(keep)
     # Scale and combine only the kept pixels (1-D): cheaper than whole tiles then a gather.
+    refl_dn = reflectance_dn(sensor_key, dn)
     refl = reflectance_layers(sensor_key, {k: v[keep] for k, v in refl_dn.items()}, scaling)
     idx = compute_indices(refl, list(indices), sensor_key)
     out: dict[str, np.ndarray] = {"row": rows.astype(np.int32), "col": cols.astype(np.int32)}

@@ -17,6 +17,36 @@ result (x/0, 0/0, NaN or inf in an input) is NaN.
 
 Formulas follow the Awesome Spectral Indices catalogue (``spyndex``); NDWI is McFeeters'
 (green, nir), not Gao's NDMI-like one.
+
+Decisions
+---------
+This module is the **one place** where the negative-reflectance policy is applied; tile
+statistics, the pixel feature view, classify and anything else that evaluates an index
+go through :func:`compute_indices`.
+
+* **Reflectance layers keep the measured value.** ``(DN + BOA_ADD_OFFSET) / Q`` may be
+  slightly negative over dark targets (water, shadow) from Sentinel-2 processing
+  baseline 04.00 on. ESA introduced the offset precisely so that these values are no
+  longer clamped to 0 (clamping biases the mean of dark targets upwards), Sen2Cor's
+  product definition keeps them, and Earth Engine's ``COPERNICUS/S2_SR_HARMONIZED`` and
+  Sentinel Hub's ``harmonizeValues`` are the tools that clamp them, for backward
+  compatibility only. Band statistics and model features therefore see the measured,
+  possibly negative value.
+* **An index is evaluated only where every input reflectance is >= 0**; elsewhere it is
+  NaN. The published formulas (and the ranges below) assume physical reflectance in
+  0..1: two slightly negative reflectances give NDVI = -3, a number with no meaning.
+  Reflectance above 1 (bright cloud edges, specular glint) is a physical measurement
+  and is used.
+* **Each index has a physical range, stored as data beside its formula**
+  (:data:`INDEX_RANGES`). A result outside it is NaN, never clipped into a wrong value:
+  normalized differences lie in [-1, 1] by construction for non-negative inputs; SAVI
+  with L = 0.5 in [-1.5, 1.5] (Huete 1988: ``(1 + L)`` times a ratio within [-1, 1]);
+  EVI in [-1, 1], the range Huete et al. (2002) and the MODIS EVI products document
+  (Earth Engine's MODIS EVI collections: "ranges in value from -1.0 to 1.0"). EVI's
+  denominator ``nir + 6 red - 7.5 blue + 1`` approaches 0 over bright blue targets
+  (cloud, snow), where the formula gives arbitrarily large values: those are NaN.
+* NaN counts as invalid: the statistics' per-layer ``count`` shows how many pixels an
+  index lost to the policy.
 """
 
 from __future__ import annotations
@@ -51,13 +81,36 @@ INDEX_FORMULAS: Mapping[str, str] = MappingProxyType(
     }
 )
 
+#: name -> (lowest, highest) physical value of the index, inclusive. A result outside
+#: it is NaN (see the module's Decisions). Every index of :data:`INDEX_FORMULAS` has one.
+INDEX_RANGES: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "NDVI": (-1.0, 1.0),
+        "EVI": (-1.0, 1.0),  # Huete et al. 2002; the MODIS EVI products' documented range
+        "SAVI": (-1.5, 1.5),  # (1 + L) x [-1, 1] with L = 0.5
+        "NDWI": (-1.0, 1.0),
+        "MNDWI": (-1.0, 1.0),
+        "NDBI": (-1.0, 1.0),
+        "NBR": (-1.0, 1.0),
+        "NDMI": (-1.0, 1.0),
+    }
+)
+
+#: Range of an index parsed without one (:func:`parse_formula`): any finite value.
+UNBOUNDED = (-np.inf, np.inf)
+
 #: Functions a formula may call.
 FORMULA_FUNCTIONS: Mapping[str, Callable[..., Any]] = MappingProxyType(
     {"sqrt": np.sqrt, "abs": np.abs}
 )
 
-#: Index band names a formula may use (the reflectance columns of ``tiles``).
-INDEX_BAND_NAMES: tuple[str, ...] = tuple(c for c in BAND_COLUMNS if c != "qa")
+#: Index band names a formula may use: the reflectance columns of ``tiles``, by band role
+#: (quality columns such as ``qa`` and ``radsat`` are never reflectance).
+INDEX_BAND_NAMES: tuple[str, ...] = tuple(
+    c
+    for c in BAND_COLUMNS
+    if any(b.common == c for s in SENSORS.values() for b in s.reflectance_bands)
+)
 
 #: Per sensor, index band names that read a differently named column.
 _COLUMN_OVERRIDES: Mapping[str, Mapping[str, str]] = {
@@ -129,12 +182,15 @@ class SpectralIndex(NamedTuple):
     fn : callable
         ``fn(bands)`` evaluates the formula over a mapping of index band name to float64
         array; no error-state handling or nodata mapping (see :func:`compute_indices`).
+    valid_range : (float, float)
+        Physical range of the index, inclusive; results outside it are NaN.
     """
 
     name: str
     formula: str
     bands: tuple[str, ...]
     fn: Callable[[Mapping[str, np.ndarray]], Any]
+    valid_range: tuple[float, float] = UNBOUNDED
 
 
 _BINARY: Mapping[type, Callable[[Any, Any], Any]] = {
@@ -192,7 +248,9 @@ def _compile(node: ast.AST, name: str, seen: list[str]) -> _Node:
     )
 
 
-def parse_formula(name: str, formula: str) -> SpectralIndex:
+def parse_formula(
+    name: str, formula: str, valid_range: tuple[float, float] = UNBOUNDED
+) -> SpectralIndex:
     """Parse one index formula into a :class:`SpectralIndex`.
 
     Parameters
@@ -201,13 +259,18 @@ def parse_formula(name: str, formula: str) -> SpectralIndex:
         Index name, for messages.
     formula : str
         Arithmetic over index band names (:data:`INDEX_BAND_NAMES`).
+    valid_range : (float, float)
+        Physical range of the index, inclusive (default: any finite value).
 
     Raises
     ------
     FormulaError
-        Syntax error, unknown band, or anything but arithmetic, numbers and the functions
-        of :data:`FORMULA_FUNCTIONS`.
+        Syntax error, unknown band, anything but arithmetic, numbers and the functions
+        of :data:`FORMULA_FUNCTIONS`, or a range whose low end is above its high end.
     """
+    lo, hi = (float(v) for v in valid_range)
+    if not lo <= hi:
+        raise FormulaError(f"index {name}: valid range {valid_range!r} is empty")
     try:
         tree = ast.parse(formula, mode="eval")
     except SyntaxError as e:
@@ -216,12 +279,17 @@ def parse_formula(name: str, formula: str) -> SpectralIndex:
     fn = _compile(tree.body, name, seen)
     if not seen:
         raise FormulaError(f"index {name}: formula {formula!r} uses no band")
-    return SpectralIndex(name=name, formula=formula, bands=tuple(seen), fn=fn)
+    return SpectralIndex(name=name, formula=formula, bands=tuple(seen), fn=fn, valid_range=(lo, hi))
 
 
-#: name -> parsed index (formula, required bands, evaluator).
+assert set(INDEX_RANGES) == set(INDEX_FORMULAS), "every index needs a physical range"
+
+#: name -> parsed index (formula, required bands, evaluator, physical range).
 INDICES: Mapping[str, SpectralIndex] = MappingProxyType(
-    {name: parse_formula(name, formula) for name, formula in INDEX_FORMULAS.items()}
+    {
+        name: parse_formula(name, formula, INDEX_RANGES[name])
+        for name, formula in INDEX_FORMULAS.items()
+    }
 )
 
 
@@ -290,8 +358,10 @@ def compute_indices(
     -------
     dict of str to ndarray of float32, shape (rows, cols)
         One array per index, in the order of ``names``. Unitless. NaN (nodata) wherever
-        an input band is NaN or inf, or the result is not finite (x/0, 0/0). Finite
-        results are not clipped (EVI can be far outside -1..1 where its denominator is near 0).
+        an input band is NaN, inf or negative (see the module's Decisions), where the
+        result is not finite (x/0, 0/0), and where it lies outside the index's physical
+        range (:attr:`SpectralIndex.valid_range`, e.g. EVI where its denominator is near
+        0). Nothing is ever clipped: every value returned is the formula's own.
 
     Raises
     ------
@@ -328,16 +398,22 @@ def compute_indices(
         raise ValueError(f"{sensor_key}: index bands must share a shape, got {shapes}")
 
     # A NaN or inf reflectance is no measurement: the index is nodata there even where
-    # the formula would give a finite number (x / inf = 0).
-    finite = {col: np.isfinite(a) for col, a in arrays.items()}
+    # the formula would give a finite number (x / inf = 0). A negative one is a measured
+    # value, but outside the domain the index's formula is defined on.
+    usable = {col: np.isfinite(a) & (a >= 0) for col, a in arrays.items()}
     out: dict[str, np.ndarray] = {}
     for name, cols in columns.items():
+        index = INDICES[name]
         inputs = {band: arrays[col] for band, col in cols.items()}
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            result = np.asarray(INDICES[name].fn(inputs), dtype=np.float64).astype(np.float32)
-        bad = ~np.isfinite(result)
+            value = np.asarray(index.fn(inputs), dtype=np.float64)
+            lo, hi = index.valid_range
+            # The range is tested in float64, before rounding: 1 + 1e-9 is out of range
+            # even though it rounds to 1.0 in float32.
+            bad = ~(np.isfinite(value) & (value >= lo) & (value <= hi))
         for col in cols.values():
-            bad |= ~finite[col]
+            bad |= ~usable[col]
+        result = value.astype(np.float32)
         result[bad] = INDEX_NODATA
         out[name] = result
     return out

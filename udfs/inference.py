@@ -3,6 +3,15 @@
 Pure numpy (no pyspark, no I/O): the classifier comes in as a ``predict`` callable, so
 the same kernel runs inside executor Python workers (onnxruntime session cached per
 worker) and in tests or benchmarks with any model.
+
+Decisions
+---------
+* The class and confidence rasters cover the **whole stored tile** (overlap included),
+  so each tile's map stands alone; the counts (``pixel_count``, ``classified_count``,
+  ``class_counts``, ``mean_confidence``) cover its **core** only, so a sum over tiles
+  counts every scene pixel once (:func:`udfs.tiling.core_slices`).
+* Pixels are masked with the job's :class:`udfs.masks.MaskSettings`, and features follow
+  the index policy of :mod:`udfs.indices` (NaN feature -> the model gives no class).
 """
 
 from __future__ import annotations
@@ -13,7 +22,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from udfs.features import pixel_table
+from udfs.features import Core, core_mask, pixel_table
+from udfs.masks import MaskSettings
 
 #: Class code of pixels without a prediction (masked, nodata, non-finite feature).
 NODATA_CLASS = 0
@@ -53,6 +63,8 @@ def classify_tile(
     indices: Sequence[str],
     predict: Predict,
     codes: Sequence[int],
+    masks: MaskSettings | None = None,
+    core: Core = None,
 ) -> dict[str, Any]:
     """Classify every valid pixel of one tile.
 
@@ -73,19 +85,24 @@ def classify_tile(
         confidence 0 for rows it cannot classify.
     codes : sequence of int
         Every class code of the model (for the counts).
+    masks : MaskSettings, optional
+        Quality classes and flags to mask (default :data:`udfs.masks.DEFAULT_MASKS`).
+    core : (slice, slice), optional
+        The tile's core (:func:`udfs.tiling.core_slices`): the counts cover it only.
+        None: the whole tile.
 
     Returns
     -------
     dict
         ``classes``: ndarray (rows, cols) of :func:`class_dtype`, :data:`NODATA_CLASS`
         where masked; ``confidence``: ndarray (rows, cols) uint8, probability of the class
-        in percent (rounded), :data:`NODATA_CONFIDENCE` where there is no class;
-        ``pixel_count``, ``classified_count``, ``class_counts`` (code -> pixels, every
-        code of ``codes``), ``mean_confidence`` (mean probability over classified pixels,
-        float; NaN when none).
+        in percent (rounded), :data:`NODATA_CONFIDENCE` where there is no class (both over
+        the whole tile); over the core only: ``pixel_count``, ``classified_count``,
+        ``class_counts`` (code -> pixels, every code of ``codes``), ``mean_confidence``
+        (mean probability over classified pixels, float; NaN when none).
     """
     shape = next(iter(dn.values())).shape
-    cols = pixel_table(sensor_key, dn, scaling, indices)
+    cols = pixel_table(sensor_key, dn, scaling, indices, masks)
     X = feature_matrix(cols, feature_names)
     pred, prob = predict(X)
     dtype = class_dtype(codes)
@@ -96,13 +113,17 @@ def classify_tile(
     has = pred != NODATA_CLASS
     pct = np.rint(prob[has].astype(np.float64) * 100.0).astype(np.uint8)
     confidence[rows[has], colidx[has]] = pct
-    labelled = pred[has]
+    in_core = core_mask(shape, core)
+    counted = has & in_core[rows, colidx]
+    labelled = pred[counted]
     counts = np.bincount(labelled, minlength=max((int(c) for c in codes), default=0) + 1)
     return {
         "classes": classes,
         "confidence": confidence,
-        "pixel_count": int(np.prod(shape)),
-        "classified_count": int(has.sum()),
+        "pixel_count": int(in_core.sum()),
+        "classified_count": int(counted.sum()),
         "class_counts": {int(c): int(counts[int(c)]) for c in codes},
-        "mean_confidence": float(prob[has].astype(np.float64).mean()) if has.any() else np.nan,
+        "mean_confidence": (
+            float(prob[counted].astype(np.float64).mean()) if counted.any() else np.nan
+        ),
     }

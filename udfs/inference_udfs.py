@@ -19,13 +19,16 @@ from udfs.feature_udfs import (
     _scaling,
     decoded_tiles,
     file_row_groups,
+    tile_core,
     tile_tables,
 )
 from udfs.inference import class_dtype, classify_tile
+from udfs.masks import MaskSettings
 from udfs.models import predict_with_session, session_from_bytes
 from udfs.tiling import encode_array
 
-#: Tile columns the classifier copies into ``predictions`` besides the pixel columns.
+#: Tile columns the classifier copies into ``predictions`` besides the pixel columns
+#: (``row_off`` / ``col_off`` also place the tile's core, for the counts).
 GEO_COLUMNS = ("crs_epsg", "transform", "bounds", "row_off", "col_off")
 
 
@@ -67,8 +70,14 @@ def classified_rows(
     model: ModelRef,
     extra: Mapping[str, Any],
     report_error: Callable[[list[dict[str, Any]]], None],
+    masks: MaskSettings | None = None,
 ) -> list[dict[str, Any]]:
-    """One output row per tile (``predictions`` + ``tile_predictions`` columns)."""
+    """One output row per tile (``predictions`` + ``tile_predictions`` columns).
+
+    The rasters cover the whole tile; the counts its core only (``scenes`` carries each
+    scene's ``tile_size``), see :func:`udfs.inference.classify_tile`. ``masks``: the
+    quality classes and flags to mask (None: the defaults).
+    """
     out: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     dtype = class_dtype(model.codes)
@@ -81,6 +90,8 @@ def classified_rows(
             model.indices,
             model.predict,
             model.codes,
+            masks,
+            tile_core(row, scene),
         )
         mean = r["mean_confidence"]
         out.append(
@@ -112,13 +123,14 @@ def make_tile_classifier(
     schema: pa.Schema,
     report_error: Callable[[list[dict[str, Any]]], None],
     from_files: bool = False,
+    masks: MaskSettings | None = None,
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """mapInArrow function: ``tiles`` rows (or their files' paths) -> classified tiles."""
     columns = (*TILE_COLUMNS, *GEO_COLUMNS)
 
     def classify(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for tiles in tile_tables(batches, from_files, columns):
-            rows = classified_rows(tiles.to_pylist(), scenes, model, extra, report_error)
+            rows = classified_rows(tiles.to_pylist(), scenes, model, extra, report_error, masks)
             if rows:
                 yield pa.RecordBatch.from_pylist(rows, schema=schema)
 
@@ -134,6 +146,7 @@ def make_tile_classifier_writer(
     table_path: str,
     zstd_level: int,
     report_error: Callable[[list[dict[str, Any]]], None],
+    masks: MaskSettings | None = None,
 ) -> Callable[[Iterable[str]], Iterator[dict[str, Any]]]:
     """RDD ``mapPartitions`` function: tiles Parquet files -> ``predictions`` files + rows.
 
@@ -150,7 +163,7 @@ def make_tile_classifier_writer(
 
     def classify(paths: Iterable[str]) -> Iterator[dict[str, Any]]:
         for tiles in file_row_groups(paths, columns):
-            rows = classified_rows(tiles.to_pylist(), scenes, model, extra, report_error)
+            rows = classified_rows(tiles.to_pylist(), scenes, model, extra, report_error, masks)
             if not rows:
                 continue
             table = pa.Table.from_pylist(rows, schema=data_schema)

@@ -1,24 +1,30 @@
-"""Pixel quality masks: Sentinel-2 SCL, Landsat Collection 2 QA_PIXEL, nodata and saturation.
+"""Pixel quality masks: Sentinel-2 SCL, Landsat Collection 2 QA_PIXEL and QA_RADSAT,
+nodata, saturation and valid DN ranges.
 
 Pure numpy kernels (no pyspark, no I/O). Every mask is a boolean array of the input's
 shape, ``(rows, cols)`` for one tile, and **True means "mask this pixel"** (exclude it).
 
-Three questions are kept apart so that statistics can report them separately
+Four questions are kept apart so that statistics can report them separately
 (:class:`QualityMask`):
 
 ``nodata``
     The pixel has no measurement: DN equal to the band's nodata value (0) in any
     reflectance band, SCL class 0, or the QA_PIXEL fill bit.
 ``invalid``
-    ``nodata``, or a measurement that cannot be trusted whatever the weather: DN at or
-    above the saturation value (65535) in any reflectance band, SCL class 1
-    (saturated or defective), or a quality code outside the product's range.
+    ``nodata``, or a measurement that cannot be trusted whatever the weather, by the
+    product's own definitions (:class:`udfs.sensors.Sensor`): the sensor's saturated DN
+    (Sentinel-2 ``SATURATED`` = 65535) in any reflectance band, SCL class 1 (saturated
+    or defective), a DN outside the sensor's documented valid range in any reflectance
+    band (Landsat Collection 2 SR: 7273..43636), a ``QA_RADSAT`` saturation bit set for
+    any reflectance band, or a quality code outside the product's range.
 ``cloud``
     Cloud or cloud shadow, for the *cloud fraction*: SCL 3, 8, 9, 10, or QA_PIXEL bits
     dilated cloud, cirrus, cloud, cloud shadow. Reported whatever the masking choice.
+    Unknown (``cloud_known`` False) for a sensor without a quality band (Sentinel-2
+    L1C): there ``cloud`` is all False and means "not known to be cloud", never "clear".
 ``masked``
     What the features stage drops: ``invalid`` plus the configured quality classes or
-    flags (by default clouds, cloud shadows, cirrus and snow).
+    flags (:class:`MaskSettings`; by default clouds, cloud shadows, cirrus and snow).
 
 Decisions
 ---------
@@ -26,18 +32,32 @@ Decisions
   float array) are **masked** and counted as ``invalid``: an unknown code cannot be
   trusted, and treating it as clear would let garbage into the statistics. They are never
   counted as cloud.
-* QA_PIXEL values outside 0..65535 (or NaN in a float array) are masked likewise.
+* QA_PIXEL and QA_RADSAT values outside 0..65535 (or NaN in a float array) are masked
+  likewise.
+* ``QA_RADSAT`` is an optional band (some catalogues omit it). Without it, saturation of
+  a Landsat pixel is **unknown** and only the valid DN range applies; the scene is not
+  assumed saturation-free, it simply has no such test. With it, a set bit masks the
+  pixel only through a band the pipeline reads as reflectance (bit 3 is OLI band 4,
+  ``SR_B4``); bits of bands not read (OLI band 9, TM/ETM+ thermal band 6) and the
+  terrain-occlusion bit (11) are not saturation of a reflectance band and are ignored.
+* Saturation and valid ranges are per product, from :data:`udfs.sensors.SENSORS`:
+  Sentinel-2 writes 65535 for a saturated pixel and documents no valid range; Landsat
+  Collection 2 Level-2 SR writes no saturated DN (its saturation lives in QA_RADSAT) and
+  documents 7273..43636 (reflectance 0..1) as valid. So a Landsat DN below 7273
+  (negative reflectance) is invalid, while a Sentinel-2 negative reflectance is kept as
+  measured (see :mod:`udfs.indices`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from udfs.errors import ConfigError, PipelineError
-from udfs.sensors import QA_PIXEL_BITS, QA_PIXEL_CONFIDENCE, SCL_CLASSES, SENSORS
+from udfs.sensors import QA_PIXEL_BITS, QA_PIXEL_CONFIDENCE, SCL_CLASSES, SENSORS, Sensor
 
 #: SCL classes masked by default: no data, saturated/defective, cloud shadows, cloud
 #: medium and high probability, thin cirrus, snow.
@@ -62,9 +82,6 @@ DEFAULT_QA_FLAGS: tuple[str, ...] = (
 
 #: QA_PIXEL flags counted as cloud (numerator of the cloud fraction).
 QA_CLOUD_FLAGS: tuple[str, ...] = ("dilated_cloud", "cirrus", "cloud", "cloud_shadow")
-
-#: DN that Sentinel-2 and Landsat Collection 2 use for saturated pixels (uint16 maximum).
-DEFAULT_SATURATED_VALUE = 65535
 
 _SCL_MAX = max(SCL_CLASSES)
 _QA_MAX = np.iinfo(np.uint16).max
@@ -94,12 +111,58 @@ class QualityMask(NamedTuple):
         Cloud or cloud shadow (for the cloud fraction), whether masked or not.
     masked : ndarray of bool
         Pixels to drop: ``invalid`` or a configured quality class/flag.
+    cloud_known : bool
+        Whether the product says which pixels are cloud (False for a sensor without a
+        quality band, Sentinel-2 L1C: ``cloud`` is then all False and means nothing).
     """
 
     nodata: np.ndarray
     invalid: np.ndarray
     cloud: np.ndarray
     masked: np.ndarray
+    cloud_known: bool = True
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """Which quality classes and flags count as masked: what jobs pass to executors.
+
+    Built from the ``features.scl_masked``, ``features.qa_pixel_flags`` and
+    ``features.qa_pixel_min_confidence`` configuration keys; validated on construction
+    (:class:`udfs.errors.ConfigError` naming the offending value). Frozen, hashable and
+    picklable. Invalid pixels (nodata, saturation, valid range) are masked whatever these
+    settings say.
+
+    Attributes
+    ----------
+    scl_classes : tuple of int
+        Sentinel-2 L2A SCL classes to mask, sorted (default :data:`DEFAULT_SCL_MASKED`).
+    qa_flags : tuple of str
+        Landsat QA_PIXEL single-bit flags to mask (default :data:`DEFAULT_QA_FLAGS`).
+    qa_min_confidence : tuple of (str, int)
+        Landsat QA_PIXEL two-bit confidence fields and the level (1 low, 2 medium,
+        3 high) from which a pixel is masked, sorted by field (default: none). A mapping
+        is accepted too.
+    """
+
+    scl_classes: tuple[int, ...] = tuple(sorted(DEFAULT_SCL_MASKED))
+    qa_flags: tuple[str, ...] = DEFAULT_QA_FLAGS
+    qa_min_confidence: Any = ()
+
+    def __post_init__(self) -> None:
+        scl = tuple(sorted(set(check_scl_classes(self.scl_classes))))
+        flags = tuple(dict.fromkeys(check_qa_flags(self.qa_flags)))
+        conf = self.qa_min_confidence
+        items = conf.items() if isinstance(conf, Mapping) else conf
+        confidence = tuple(sorted(check_min_confidence(dict(items)).items()))
+        object.__setattr__(self, "scl_classes", scl)
+        object.__setattr__(self, "qa_flags", flags)
+        object.__setattr__(self, "qa_min_confidence", confidence)
+
+    @property
+    def min_confidence(self) -> dict[str, int]:
+        """``qa_min_confidence`` as a dict (field -> level)."""
+        return dict(self.qa_min_confidence)
 
 
 # --------------------------------------------------------------------------- codes
@@ -125,7 +188,16 @@ def _codes(values: np.ndarray, max_code: int) -> tuple[np.ndarray, np.ndarray]:
     return codes, ~known
 
 
-def _check_scl_classes(classes: Iterable[int]) -> tuple[int, ...]:
+def check_scl_classes(classes: Iterable[int]) -> tuple[int, ...]:
+    """Validate SCL classes to mask; returns them as a tuple of int.
+
+    Raises
+    ------
+    udfs.errors.ConfigError
+        A value is not an integer class of :data:`udfs.sensors.SCL_CLASSES` (0..11).
+    """
+    if isinstance(classes, (str, bytes)):
+        raise ConfigError(f"SCL classes must be a list of integers, got {classes!r}")
     out = tuple(classes)
     bad = [
         c
@@ -136,12 +208,57 @@ def _check_scl_classes(classes: Iterable[int]) -> tuple[int, ...]:
         raise ConfigError(
             f"SCL classes must be integers in 0..{_SCL_MAX} ({dict(SCL_CLASSES)}), got {bad}"
         )
+    return tuple(int(c) for c in out)
+
+
+def check_qa_flags(flags: Iterable[str]) -> tuple[str, ...]:
+    """Validate QA_PIXEL single-bit flag names; returns them as a tuple.
+
+    Raises
+    ------
+    udfs.errors.ConfigError
+        A name is not a key of :data:`udfs.sensors.QA_PIXEL_BITS`.
+    """
+    if isinstance(flags, (str, bytes)):
+        raise ConfigError(f"QA_PIXEL flags must be a list of names, got {flags!r}")
+    out = tuple(flags)
+    unknown = [f for f in out if f not in QA_PIXEL_BITS]
+    if unknown:
+        raise ConfigError(
+            f"unknown QA_PIXEL flag(s) {unknown}; expected some of {list(QA_PIXEL_BITS)}"
+        )
     return out
+
+
+def check_min_confidence(thresholds: Mapping[str, int] | None) -> dict[str, int]:
+    """Validate QA_PIXEL confidence thresholds (field -> 1, 2 or 3); returns a dict.
+
+    Raises
+    ------
+    udfs.errors.ConfigError
+        Unknown confidence field, or a level other than 1 (low), 2 (medium), 3 (high):
+        0 would mask every pixel.
+    """
+    out = dict(thresholds or {})
+    unknown_fields = [k for k in out if k not in QA_PIXEL_CONFIDENCE]
+    if unknown_fields:
+        raise ConfigError(
+            f"unknown QA_PIXEL confidence field(s) {unknown_fields}; "
+            f"expected some of {list(QA_PIXEL_CONFIDENCE)}"
+        )
+    bad = {
+        k: v
+        for k, v in out.items()
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v not in (1, 2, 3)
+    }
+    if bad:
+        raise ConfigError(f"QA_PIXEL confidence thresholds must be 1, 2 or 3, got {bad}")
+    return {k: int(v) for k, v in out.items()}
 
 
 def _scl_lookup(scl: np.ndarray, classes: Iterable[int], *, unknown: bool) -> np.ndarray:
     lut = np.zeros(_SCL_MAX + 1, dtype=bool)
-    lut[list(_check_scl_classes(classes))] = True
+    lut[list(check_scl_classes(classes))] = True
     codes, is_unknown = _codes(scl, _SCL_MAX)
     out = lut[codes]
     if unknown:
@@ -204,12 +321,7 @@ def scl_cloud(scl: np.ndarray) -> np.ndarray:
 
 
 def _flag_bits(flags: Iterable[str]) -> int:
-    flags = tuple(flags)
-    unknown = [f for f in flags if f not in QA_PIXEL_BITS]
-    if unknown:
-        raise ConfigError(
-            f"unknown QA_PIXEL flag(s) {unknown}; expected some of {list(QA_PIXEL_BITS)}"
-        )
+    flags = check_qa_flags(flags)
     bits = 0
     for f in flags:
         bits |= 1 << QA_PIXEL_BITS[f]
@@ -252,16 +364,7 @@ def qa_pixel_mask(
         ``qa`` is not a numeric array.
     """
     bits = _flag_bits(flags)
-    thresholds = dict(min_confidence or {})
-    unknown_fields = [k for k in thresholds if k not in QA_PIXEL_CONFIDENCE]
-    if unknown_fields:
-        raise ConfigError(
-            f"unknown QA_PIXEL confidence field(s) {unknown_fields}; "
-            f"expected some of {list(QA_PIXEL_CONFIDENCE)}"
-        )
-    bad = {k: v for k, v in thresholds.items() if isinstance(v, bool) or v not in (1, 2, 3)}
-    if bad:
-        raise ConfigError(f"QA_PIXEL confidence thresholds must be 1, 2 or 3, got {bad}")
+    thresholds = check_min_confidence(min_confidence)
 
     words, unknown = _codes(qa, _QA_MAX)
     out = (words & bits) != 0
@@ -325,9 +428,7 @@ def nodata_mask(arr: np.ndarray, nodata: float | None = 0) -> np.ndarray:
     return out
 
 
-def saturated_mask(
-    arr: np.ndarray, saturated_value: float | None = DEFAULT_SATURATED_VALUE
-) -> np.ndarray:
+def saturated_mask(arr: np.ndarray, saturated_value: float | None) -> np.ndarray:
     """Pixels at or above the saturation DN.
 
     Parameters
@@ -335,7 +436,8 @@ def saturated_mask(
     arr : ndarray, shape (rows, cols)
         DN of one band (uint16 in the products).
     saturated_value : number or None
-        Saturation DN, 65535 for Sentinel-2 and Landsat C2. ``None`` disables the test.
+        The product's saturated DN (:attr:`udfs.sensors.Sensor.saturated_dn`, 65535 for
+        Sentinel-2). ``None`` disables the test (Landsat flags saturation in QA_RADSAT).
 
     Returns
     -------
@@ -349,13 +451,84 @@ def saturated_mask(
         return arr >= saturated_value
 
 
+def out_of_range_mask(arr: np.ndarray, valid_range: tuple[float, float] | None) -> np.ndarray:
+    """Pixels whose DN lies outside the product's documented valid range.
+
+    Parameters
+    ----------
+    arr : ndarray, shape (rows, cols)
+        DN of one band (uint16 in the products).
+    valid_range : (number, number) or None
+        Lowest and highest valid DN, inclusive (:attr:`udfs.sensors.Sensor.valid_range`,
+        Landsat C2 SR 7273..43636). ``None`` disables the test.
+
+    Returns
+    -------
+    ndarray of bool, shape (rows, cols)
+        True where ``arr < lo`` or ``arr > hi`` (NaN is False: that is nodata). The
+        nodata DN (0) is outside Landsat's range, so it is flagged here too; it is
+        reported as nodata by :func:`nodata_mask` as well.
+    """
+    arr = np.asarray(arr)
+    if valid_range is None:
+        return np.zeros(arr.shape, bool)
+    lo, hi = valid_range
+    with np.errstate(invalid="ignore"):
+        return (arr < lo) | (arr > hi)
+
+
+def radsat_mask(radsat: np.ndarray, sensor_key: str) -> np.ndarray:
+    """Pixels whose Landsat ``QA_RADSAT`` word flags saturation of a reflectance band.
+
+    Parameters
+    ----------
+    radsat : ndarray, shape (rows, cols)
+        QA_RADSAT words (uint16 in the product; float with NaN accepted). Bit-packed.
+    sensor_key : str
+        Selects the bit of each reflectance band
+        (:attr:`udfs.sensors.Sensor.saturation_bits`: Collection 2, bit ``n - 1`` is
+        band ``n``; OLI ``SR_B4`` is bit 3, TM/ETM+ ``SR_B7`` is bit 6).
+
+    Returns
+    -------
+    ndarray of bool, shape (rows, cols)
+        True where any bit of a band the sensor reads as reflectance is set, or the
+        value is not a uint16 word (negative, > 65535, NaN, non-integral). Other bits
+        (band 9, thermal, terrain occlusion) are ignored.
+
+    Raises
+    ------
+    UnknownSensorError
+        Unknown ``sensor_key``.
+    ValueError
+        The sensor has no QA_RADSAT saturation bits.
+    """
+    sensor = _sensor(sensor_key)
+    reflectance = {b.name for b in sensor.reflectance_bands}
+    bits = 0
+    for band, bit in sensor.saturation_bits.items():
+        if band in reflectance:
+            bits |= 1 << bit
+    if not bits:
+        raise ValueError(f"{sensor_key} has no QA_RADSAT saturation bits")
+    words, unknown = _codes(radsat, _QA_MAX)
+    return ((words & bits) != 0) | unknown
+
+
 # --------------------------------------------------------------------------- dispatch
+
+
+def _sensor(sensor_key: str) -> Sensor:
+    try:
+        return SENSORS[sensor_key]
+    except KeyError:
+        raise UnknownSensorError(sensor_key) from None
 
 
 def quality_scheme(sensor_key: str) -> str | None:
     """Which quality band a sensor has: ``"scl"``, ``"qa_pixel"`` or ``None``.
 
-    Read from the sensor's ``quality`` band in :data:`udfs.sensors.SENSORS`, so a new
+    Read from the sensor's ``quality`` bands in :data:`udfs.sensors.SENSORS`, so a new
     sensor with an SCL or QA_PIXEL band needs no code here.
 
     Raises
@@ -363,11 +536,7 @@ def quality_scheme(sensor_key: str) -> str | None:
     UnknownSensorError
         ``sensor_key`` is not a known sensor.
     """
-    try:
-        sensor = SENSORS[sensor_key]
-    except KeyError:
-        raise UnknownSensorError(sensor_key) from None
-    names = {b.name.upper() for b in sensor.bands if b.role == "quality"}
+    names = {b.name.upper() for b in _sensor(sensor_key).bands if b.role == "quality"}
     if "SCL" in names:
         return "scl"
     if "QA_PIXEL" in names:
@@ -375,15 +544,22 @@ def quality_scheme(sensor_key: str) -> str | None:
     return None
 
 
+#: Keyword default of :func:`quality_mask`: take the value from the sensor's definition.
+FROM_SENSOR = "sensor"
+
+
 def quality_mask(
     sensor_key: str,
     qa: np.ndarray | None,
     bands: Mapping[str, np.ndarray],
     *,
+    radsat: np.ndarray | None = None,
+    masks: MaskSettings | None = None,
     nodata: float | None = None,
-    saturated_value: float | None = DEFAULT_SATURATED_VALUE,
-    scl_classes: Iterable[int] = DEFAULT_SCL_MASKED,
-    qa_flags: Iterable[str] = DEFAULT_QA_FLAGS,
+    saturated_value: float | str | None = FROM_SENSOR,
+    valid_range: tuple[float, float] | str | None = FROM_SENSOR,
+    scl_classes: Iterable[int] | None = None,
+    qa_flags: Iterable[str] | None = None,
     min_confidence: Mapping[str, int] | None = None,
 ) -> QualityMask:
     """Quality of one tile: nodata, invalid, cloud and masked pixels.
@@ -392,54 +568,79 @@ def quality_mask(
     ----------
     sensor_key : str
         ``sentinel2-l2a`` (quality from SCL), ``landsat-c2l2`` / ``landsat-c2l2-tm``
-        (quality from QA_PIXEL) or ``sentinel2-l1c`` (no quality band: nodata and
-        saturation only, ``cloud`` is all False).
+        (quality from QA_PIXEL, saturation from QA_RADSAT) or ``sentinel2-l1c`` (no
+        quality band: nodata and saturation only, cloud unknown).
     qa : ndarray, shape (rows, cols), or None
         The tile's ``qa`` column (SCL or QA_PIXEL). Must be None for a sensor without a
         quality band, and must not be None for one with a quality band.
     bands : mapping of str to ndarray, shape (rows, cols)
         Reflectance bands as **DN** (uint16), keyed by column name. Every band takes
-        part: nodata (DN == ``nodata``) or saturation in any of them masks the pixel. A
-        ``"qa"`` key, if present, is ignored here (pass it as ``qa``).
+        part: nodata, saturation or a DN outside the valid range in any of them marks the
+        pixel invalid. Keys that are quality columns of the sensor (``qa``, ``radsat``)
+        are ignored here (pass them as ``qa`` / ``radsat``).
+    radsat : ndarray, shape (rows, cols), optional
+        Landsat ``QA_RADSAT`` words (:func:`radsat_mask`). None: saturation unknown
+        (the band is optional), only the valid range applies.
+    masks : MaskSettings, optional
+        Which quality classes and flags to mask; default :data:`DEFAULT_MASKS`.
     nodata : number, optional
         Nodata DN; default the sensor's (0).
     saturated_value : number or None
-        Saturation DN (default 65535); None disables the test.
-    scl_classes : iterable of int
-        SCL classes to mask (Sentinel-2 L2A), default :data:`DEFAULT_SCL_MASKED`.
-    qa_flags, min_confidence
-        QA_PIXEL flags and confidence thresholds to mask (Landsat), see
-        :func:`qa_pixel_mask`.
+        Saturated DN; default the sensor's (:attr:`udfs.sensors.Sensor.saturated_dn`:
+        65535 for Sentinel-2, none for Landsat). None disables the test.
+    valid_range : (number, number) or None
+        Valid DN range; default the sensor's (:attr:`udfs.sensors.Sensor.valid_range`:
+        7273..43636 for Landsat C2 SR, none for Sentinel-2). None disables the test.
+    scl_classes, qa_flags, min_confidence
+        Override the corresponding field of ``masks`` (see :class:`MaskSettings`).
 
     Returns
     -------
     QualityMask
         Four bool arrays of shape (rows, cols): ``nodata`` ⊆ ``invalid`` ⊆ ``masked``;
         ``cloud`` is reported independently of what is masked (with the defaults,
-        ``cloud`` ⊆ ``masked``).
+        ``cloud`` ⊆ ``masked``); ``cloud_known`` is False for a sensor without a quality
+        band.
 
     Raises
     ------
     UnknownSensorError
         Unknown ``sensor_key``.
     ValueError
-        ``qa`` presence does not match the sensor, arrays disagree in shape, or there is
-        no array to take the shape from.
+        ``qa`` presence does not match the sensor, ``radsat`` is given for a sensor
+        without saturation bits, arrays disagree in shape, or there is no array to take
+        the shape from.
+    udfs.errors.ConfigError
+        A class, flag or threshold is not valid.
     """
+    sensor = _sensor(sensor_key)
     scheme = quality_scheme(sensor_key)
+    settings = masks if masks is not None else DEFAULT_MASKS
+    scl_classes = settings.scl_classes if scl_classes is None else scl_classes
+    qa_flags = settings.qa_flags if qa_flags is None else qa_flags
+    min_confidence = settings.min_confidence if min_confidence is None else min_confidence
     if nodata is None:
-        nodata = SENSORS[sensor_key].nodata
+        nodata = sensor.nodata
+    if isinstance(saturated_value, str):
+        saturated_value = sensor.saturated_dn
+    if isinstance(valid_range, str):
+        valid_range = sensor.valid_range
     if scheme is None and qa is not None:
         raise ValueError(f"{sensor_key} has no quality band, but a qa array was given")
     if scheme is not None and qa is None:
         raise ValueError(f"{sensor_key} needs its {scheme.upper()} quality band as qa")
+    if radsat is not None and not sensor.saturation_bits:
+        raise ValueError(f"{sensor_key} has no QA_RADSAT band, but a radsat array was given")
 
-    arrays = {k: np.asarray(v) for k, v in bands.items() if k != "qa"}
-    if qa is not None:
-        qa = np.asarray(qa)
+    quality_columns = {b.common for b in sensor.bands if b.role == "quality"} | {"qa", "radsat"}
+    arrays = {k: np.asarray(v) for k, v in bands.items() if k not in quality_columns}
     shapes = {k: a.shape for k, a in arrays.items()}
     if qa is not None:
+        qa = np.asarray(qa)
         shapes["qa"] = qa.shape
+    if radsat is not None:
+        radsat = np.asarray(radsat)
+        shapes["radsat"] = radsat.shape
     if not shapes:
         raise ValueError(f"{sensor_key}: no band and no qa array, cannot build a mask")
     if len(set(shapes.values())) > 1:
@@ -447,28 +648,38 @@ def quality_mask(
     shape = next(iter(shapes.values()))
 
     no = np.zeros(shape, bool)
-    sat = np.zeros(shape, bool)
+    bad = np.zeros(shape, bool)
     for a in arrays.values():
         no |= nodata_mask(a, nodata)
-        sat |= saturated_mask(a, saturated_value)
+        bad |= saturated_mask(a, saturated_value)
+        bad |= out_of_range_mask(a, valid_range)
+    if radsat is not None:
+        bad |= radsat_mask(radsat, sensor_key)
 
+    cloud_known = scheme is not None
     if scheme == "scl":
         assert qa is not None
         no |= _scl_lookup(qa, SCL_NODATA_CLASSES, unknown=False)
         # unknown SCL codes are invalid (but not nodata, not cloud)
-        sat |= _scl_lookup(qa, SCL_INVALID_CLASSES, unknown=True)
+        bad |= _scl_lookup(qa, SCL_INVALID_CLASSES, unknown=True)
         cloud = scl_cloud(qa)
         flagged = scl_mask(qa, scl_classes)
     elif scheme == "qa_pixel":
         assert qa is not None
         no |= qa_fill(qa)
         _, unknown = _codes(qa, _QA_MAX)
-        sat |= unknown
+        bad |= unknown
         cloud = qa_cloud(qa)
         flagged = qa_pixel_mask(qa, qa_flags, min_confidence)
     else:
         cloud = np.zeros(shape, bool)
         flagged = np.zeros(shape, bool)
 
-    invalid = no | sat
-    return QualityMask(nodata=no, invalid=invalid, cloud=cloud, masked=invalid | flagged)
+    invalid = no | bad
+    return QualityMask(
+        nodata=no, invalid=invalid, cloud=cloud, masked=invalid | flagged, cloud_known=cloud_known
+    )
+
+
+#: The default mask settings, as used when a job passes none.
+DEFAULT_MASKS = MaskSettings()

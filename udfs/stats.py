@@ -14,7 +14,9 @@ Decisions
 * :func:`fractions`: ``valid_fraction = pixels neither nodata nor masked / all pixels``;
   ``cloud_fraction = cloud pixels with data / pixels with data``. A denominator of 0
   (an empty array, or a tile with no data at all) gives NaN, not 0: a tile without data
-  has unknown cloud cover, and reporting 0 % would claim a clear sky.
+  has unknown cloud cover, and reporting 0 % would claim a clear sky. For the same
+  reason a product without a quality band (Sentinel-2 L1C, ``cloud_known=False``) has
+  ``cloud_fraction`` NaN: unknown is not zero.
 """
 
 from __future__ import annotations
@@ -131,7 +133,10 @@ def tile_statistics(values: np.ndarray, valid: np.ndarray) -> dict[str, float | 
 
 
 def fractions(
-    nodata: np.ndarray, cloud: np.ndarray, masked: np.ndarray | None = None
+    nodata: np.ndarray,
+    cloud: np.ndarray,
+    masked: np.ndarray | None = None,
+    cloud_known: bool = True,
 ) -> tuple[float, float]:
     """Valid fraction and cloud fraction of one tile.
 
@@ -144,6 +149,9 @@ def fractions(
     masked : ndarray of bool, shape (rows, cols), optional
         Every pixel dropped for whatever reason (:attr:`udfs.masks.QualityMask.masked`);
         default ``nodata | cloud``. ``nodata`` is always counted as masked.
+    cloud_known : bool
+        False when the product says nothing about clouds (no quality band,
+        :attr:`udfs.masks.QualityMask.cloud_known`): ``cloud_fraction`` is then NaN.
 
     Returns
     -------
@@ -151,7 +159,7 @@ def fractions(
         ``count(~(nodata | masked)) / size``, in 0..1; NaN for an empty array.
     cloud_fraction : float
         ``count(cloud & ~nodata) / count(~nodata)``, in 0..1; NaN when no pixel has
-        data (0/0): the cloud cover of an empty tile is unknown, not 0.
+        data (0/0) or ``cloud_known`` is False: unknown cloud cover is not 0.
     """
     no = np.asarray(nodata)
     cl = np.asarray(cloud)
@@ -165,5 +173,6 @@ def fractions(
     total = no.size
     with_data = total - int(no.sum())
     valid_fraction = (total - int(mk.sum())) / total if total else float("nan")
-    cloud_fraction = int((cl & ~no).sum()) / with_data if with_data else float("nan")
+    known = cloud_known and with_data > 0
+    cloud_fraction = int((cl & ~no).sum()) / with_data if known else float("nan")
     return valid_fraction, cloud_fraction
