@@ -2,10 +2,14 @@
 
 Flow of :func:`train`: read the label polygons (GeoJSON or GeoParquet, any CRS) on the
 driver -> pick the tiles whose ``bbox_wgs84`` meets a polygon (a small join on tile
-metadata, no pixels) -> broadcast the polygons -> executors rasterize them in each tile's
-own grid, explode the tile's valid pixels (:func:`pipelines.features.pixel_features`'s
-kernel) and keep the labelled ones, with their spatial block and split -> class counts
--> a per-(split, class) Bernoulli sample sized for the cap (``sampleBy``) -> either
+metadata, no pixels) -> refuse to mix top-of-atmosphere and surface reflectance ->
+broadcast the polygons -> executors rasterize them in each tile's own grid, explode the
+tile's valid pixels (:func:`pipelines.features.pixel_features`'s kernel) and keep the
+labelled *core* pixels (each scene pixel once with ``ingest.overlap > 0``), with their
+polygon id and map block -> the driver groups polygons and blocks (connected components)
+and holds out whole groups (:func:`udfs.labels.assign_split`; only a (polygon, block,
+count) table is collected) -> a per-(split, class) Bernoulli sample sized for the cap
+(``sampleBy``) -> either
 
 * ``sklearn``: the capped sample is collected (bounded driver memory: at most about
   ``max_per_class`` rows per class and split), a RandomForest is fitted and written as
@@ -13,7 +17,19 @@ kernel) and keep the labelled ones, with their spatial block and split -> class 
 * ``mllib``: a Spark MLlib RandomForest is fitted on the distributed sample
   (VectorAssembler over the same feature columns) and saved as a Spark model,
 
--> metrics on the held-out blocks -> a model bundle (:mod:`udfs.models`).
+-> metrics on the held-out polygons, with a cluster-bootstrap 95 % interval of the
+overall accuracy (:func:`udfs.models.classification_metrics`) -> a model bundle
+(:mod:`udfs.models`) whose metadata lists the polygons of each side.
+
+Decisions
+---------
+* The held-out set is a set of whole polygons: no polygon and no map block feeds both
+  sides (the conventions are in :mod:`udfs.labels`). Overall accuracy is measured on the
+  class-capped held-out sample (at most ``max_test_per_class`` pixels per class), so it
+  weighs classes more evenly than the map does; the interval resamples its polygons.
+* Models never mix radiometries: scenes of sensors with different
+  :attr:`udfs.sensors.Sensor.radiometry` raise :class:`udfs.models.RadiometryError` (exit
+  code 2); the bundle records its ``radiometry``.
 
 Run with ``python -m pipelines.train --labels data/demo/labels.geojson`` or
 ``spark-submit pipelines/train.py ...``.
@@ -40,7 +56,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
+from pyspark.sql.types import IntegerType, LongType, StructField, StructType
 from rasterio.warp import transform_geom
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
@@ -53,22 +69,29 @@ from pipelines.session import build_session
 from udfs.errors import ConfigError, PipelineError
 from udfs.feature_udfs import TILE_COLUMNS, make_pixel_reader
 from udfs.labels import (
+    NO_LABEL,
     LabelError,
-    held_out,
-    rasterize_labels,
+    Split,
+    assign_split,
+    map_block,
+    overlap_links,
+    pixel_centres,
+    rasterize_polygons,
     sample_fractions,
-    spatial_block,
     stratified_cap,
 )
 from udfs.models import (
     ModelError,
+    RadiometryError,
     classification_metrics,
     load_bundle,
     predict_pixels,
+    training_radiometry,
     write_metadata,
     write_onnx_bundle,
 )
 from udfs.sensors import SENSORS
+from udfs.tiling import core_slices
 
 JOB = "train"
 log = logging.getLogger("eo")
@@ -78,6 +101,17 @@ TRAINERS = ("sklearn", "mllib")
 #: so the ONNX model's probabilities, and with them its classes (ties included), equal
 #: scikit-learn's float64 ones exactly.
 N_TREES = 64
+#: What the bundle metadata says about the inputs of each radiometry.
+RADIOMETRY_WORDS = {
+    "surface": "surface reflectance",
+    "toa": "top-of-atmosphere reflectance (not surface reflectance)",
+}
+SPLIT_METHOD = (
+    "whole groups held out: connected components of polygon <-> map block "
+    "(block_m squares of each CRS) and overlapping polygons, visited in "
+    "splitmix64(group ^ seed) order until test_fraction of the labelled pixels; "
+    "see udfs/labels.py"
+)
 
 
 # ----------------------------------------------------------------------------- labels
@@ -294,15 +328,15 @@ def select_tiles(
 
 
 def labelled_schema(indices: Sequence[str]) -> StructType:
-    """Pixel view columns + position in the scene grid, label, block and split."""
+    """Pixel view columns + position in the scene grid, label, polygon id and map block."""
     return StructType(
         [
             *pixel_schema(list(indices)).fields,
             StructField("scene_row", IntegerType(), False),
             StructField("scene_col", IntegerType(), False),
             StructField("label", IntegerType(), False),
-            StructField("block", LongType(), False),
-            StructField("split", StringType(), False),
+            StructField("polygon", IntegerType(), False),  # position in the labels file
+            StructField("block", LongType(), False),  # udfs.labels.map_block
         ]
     )
 
@@ -316,18 +350,19 @@ def make_labelled_reader(
     labels: Any,
     tiling: Mapping[str, tuple[int, int]],
     features: Sequence[str],
-    block_px: int,
-    test_fraction: float,
-    seed: int,
+    block_m: float,
     schema: pa.Schema,
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterable[pa.RecordBatch]]:
     """mapInArrow function: ``tiles`` rows -> labelled pixel rows (see :func:`labelled_schema`).
 
-    ``labels`` is a broadcast of ``{"crs", "wkb", "codes", "bbox"}`` (bbox in lon/lat);
-    ``tiling`` maps scene_id -> ``(tile_size, overlap)``. Per tile: the polygons whose
-    lon/lat box meets the tile's are rasterized in the tile's grid; a tile without a
-    labelled pixel is not decoded. Only core pixels (not the overlap, which belongs to a
-    neighbour tile too) with a label and finite features are kept.
+    ``labels`` is a broadcast of ``{"crs", "wkb", "codes", "bbox"}`` (bbox in lon/lat; the
+    list position is the polygon id); ``tiling`` maps scene_id -> ``(tile_size, overlap)``.
+    Per tile: the polygons whose lon/lat box meets the tile's are rasterized in the tile's
+    grid and cut to the tile's core (:func:`udfs.tiling.core_slices`: with
+    ``ingest.overlap > 0`` the margin belongs to a neighbour tile, which samples it), so
+    every scene pixel is sampled once; a tile without a labelled core pixel is not
+    decoded. Labelled core pixels with finite features are kept, with their polygon id and
+    map block (:func:`udfs.labels.map_block`, side ``block_m`` CRS units).
     """
 
     def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -338,21 +373,33 @@ def make_labelled_reader(
                 cand = tree.query(shapely.box(*row["bbox_wgs84"]))
                 if len(cand) == 0:
                     continue
-                raster = rasterize_labels(
-                    [(lab["wkb"][i], lab["codes"][i]) for i in cand],
+                raster, polygon = rasterize_polygons(
+                    [(lab["wkb"][i], lab["codes"][i], int(i)) for i in cand],
                     row["transform"],
                     row["height"],
                     row["width"],
                     row["crs_epsg"],
                     lab["crs"],
                 )
+                core = np.zeros(raster.shape, dtype=bool)
+                size, _ = tiling[row["scene_id"]]
+                core[
+                    core_slices(
+                        row["tile_row"],
+                        row["tile_col"],
+                        row["row_off"],
+                        row["col_off"],
+                        row["height"],
+                        row["width"],
+                        size,
+                    )
+                ] = True
+                raster[~core] = NO_LABEL
                 if not raster.any():
                     continue
                 one = pa.RecordBatch.from_pylist([row], schema=batch.schema)
                 for px in pixel_reader(iter([one])):
-                    out = _label_batch(
-                        px, row, raster, tiling, features, block_px, test_fraction, seed
-                    )
+                    out = _label_batch(px, row, raster, polygon, features, block_m)
                     if out is not None:
                         yield pa.RecordBatch.from_arrays(
                             [out[f.name] for f in schema], schema=schema
@@ -365,33 +412,26 @@ def _label_batch(
     px: pa.RecordBatch,
     tile: Mapping[str, Any],
     raster: np.ndarray,
-    tiling: Mapping[str, tuple[int, int]],
+    polygon: np.ndarray,
     features: Sequence[str],
-    block_px: int,
-    test_fraction: float,
-    seed: int,
+    block_m: float,
 ) -> dict[str, pa.Array] | None:
     r = px.column("row").to_numpy()
     c = px.column("col").to_numpy()
-    size, _ = tiling[tile["scene_id"]]
-    sr = r + tile["row_off"]
-    sc = c + tile["col_off"]
-    core = (sr // size == tile["tile_row"]) & (sc // size == tile["tile_col"])
     label = raster[r, c].astype(np.int32)
-    keep = core & (label > 0)
+    keep = label > 0
     for name in features:
         keep &= np.isfinite(px.column(name).to_numpy(zero_copy_only=False))
     if not keep.any():
         return None
     idx = pa.array(np.flatnonzero(keep))
     out = {name: px.column(name).take(idx) for name in px.schema.names}
-    block = spatial_block(sr[keep], sc[keep], block_px)
-    test = held_out(block, test_fraction, seed)
-    out["scene_row"] = pa.array(sr[keep].astype(np.int32))
-    out["scene_col"] = pa.array(sc[keep].astype(np.int32))
+    x, y = pixel_centres(tile["transform"], r[keep], c[keep])
+    out["scene_row"] = pa.array((r[keep] + tile["row_off"]).astype(np.int32))
+    out["scene_col"] = pa.array((c[keep] + tile["col_off"]).astype(np.int32))
     out["label"] = pa.array(label[keep])
-    out["block"] = pa.array(block)
-    out["split"] = pa.array(np.where(test, "test", "train"))
+    out["polygon"] = pa.array(polygon[r[keep], c[keep]].astype(np.int32))
+    out["block"] = pa.array(map_block(x, y, block_m, tile["crs_epsg"]))
     return out
 
 
@@ -402,11 +442,9 @@ def labelled_pixels(
     labels: Labels,
     tiles: Sequence[tuple[str, int, int]],
     features: Sequence[str],
-    block_px: int,
-    test_fraction: float,
-    seed: int,
+    block_m: float,
 ) -> DataFrame:
-    """Lazy DataFrame of labelled pixels of ``tiles``: features + label + block + split."""
+    """Lazy DataFrame of labelled core pixels of ``tiles``: features + label, polygon, block."""
     indices = list(config.features.indices)
     scene_ids = sorted({t[0] for t in tiles})
     scenes = scene_table(lake, scene_ids)
@@ -417,7 +455,10 @@ def labelled_pixels(
         .select("scene_id", "tile_size", "overlap")
         .collect()
     }
-    pixel_reader = make_pixel_reader(scenes, indices, to_arrow_schema(pixel_schema(indices)))
+    # The same masks as the features job and the pixel view (features.scl_masked, ...).
+    pixel_reader = make_pixel_reader(
+        scenes, indices, to_arrow_schema(pixel_schema(indices)), masks=config.features.masks()
+    )
     payload = {
         "crs": labels.crs,
         "wkb": [shapely.to_wkb(g) for g in labels.geoms],
@@ -427,20 +468,81 @@ def labelled_pixels(
     bc = spark.sparkContext.broadcast(payload)
     schema = labelled_schema(indices)
     reader = make_labelled_reader(
-        pixel_reader,
-        bc,
-        tiling,
-        list(features),
-        block_px,
-        test_fraction,
-        seed,
-        to_arrow_schema(schema),
+        pixel_reader, bc, tiling, list(features), block_m, to_arrow_schema(schema)
     )
     keys = spark.createDataFrame(list(tiles), "scene_id string, tile_row int, tile_col int")
     picked = lake.read("tiles").join(
         F.broadcast(keys), ["scene_id", "tile_row", "tile_col"], "left_semi"
     )
     return picked.select(*TILE_COLUMNS, *GEO_COLUMNS).mapInArrow(reader, schema)
+
+
+def block_size_m(lake: Lakehouse, scene_ids: Sequence[str], block_px: int) -> float:
+    """Block side in CRS units: ``block_px`` x the finest pixel size of ``scene_ids``."""
+    rows = (
+        lake.read("scenes")
+        .filter(F.col("scene_id").isin(list(scene_ids)))
+        .select(F.min("resolution").alias("res"))
+        .collect()
+    )
+    res = rows[0]["res"] if rows else None
+    if res is None or not res > 0:
+        raise ModelError(f"no pixel size (scenes.resolution) for scene(s) {', '.join(scene_ids)}")
+    return float(block_px) * float(res)
+
+
+def split_polygons(
+    labelled: DataFrame, labels: Labels, test_fraction: float, seed: int
+) -> tuple[Split, dict[str, int]]:
+    """Assign whole groups of polygons and blocks to train or test (driver side).
+
+    Only the (polygon, block, pixel count) table reaches the driver. Returns the
+    :class:`udfs.labels.Split` and the labelled pixels per ``"<split>:<code>"`` stratum.
+    """
+    pairs = labelled.groupBy("polygon", "block").count().toArrow()
+    pol = pairs.column("polygon").to_numpy().astype(np.int64)
+    split = assign_split(
+        pol,
+        pairs.column("block").to_numpy(),
+        pairs.column("count").to_numpy(),
+        labels.codes,
+        test_fraction,
+        seed,
+        overlap_links(labels.geoms),
+    )
+    counts: dict[str, int] = {}
+    for code, n, test in zip(split.classes, split.pixels, split.test, strict=True):
+        key = f"{'test' if test else 'train'}:{int(code)}"
+        counts[key] = counts.get(key, 0) + int(n)
+    return split, counts
+
+
+def with_split(spark: SparkSession, labelled: DataFrame, split: Split) -> DataFrame:
+    """``labelled`` + a ``split`` column (``train`` | ``test``) from the polygon's side."""
+    sides = spark.createDataFrame(
+        [
+            (int(p), "test" if t else "train")
+            for p, t in zip(split.polygons, split.test, strict=True)
+        ],
+        "polygon int, split string",
+    )
+    return labelled.join(F.broadcast(sides), "polygon")
+
+
+def split_warnings(split: Split, classes: Mapping[int, str]) -> list[str]:
+    """Plain-words warnings for classes the split could not put on both sides."""
+    out = []
+    for code in split.one_group:
+        out.append(
+            f"class {classes[code]} ({code}): all its polygons form one group (they share "
+            "blocks), so it is on one side only; draw polygons further apart or use smaller "
+            "blocks"
+        )
+    for code in split.missing_test:
+        out.append(f"class {classes[code]} ({code}) has no held-out pixels: not evaluated")
+    for code in split.missing_train:
+        out.append(f"class {classes[code]} ({code}) has no training pixels: never predicted")
+    return out
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -454,7 +556,8 @@ class Sample:
     y_train: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
-    test_rows: dict[str, np.ndarray]  # scene_id, scene_row, scene_col, block of X_test
+    test_rows: dict[str, np.ndarray]  # scene_id, scene_row, scene_col, polygon, block of X_test
+    train_rows: dict[str, np.ndarray] = field(default_factory=dict)  # the same of X_train
 
 
 def stratum_sample(
@@ -477,24 +580,26 @@ def collect_sample(
     sampled: DataFrame, features: Sequence[str], cap: int, test_cap: int, seed: int
 ) -> Sample:
     """Collect the (already capped-by-fraction) sample and trim it to exactly the caps."""
-    cols = [*features, "label", "split", "scene_id", "scene_row", "scene_col", "block"]
+    where = ("scene_row", "scene_col", "polygon", "block")
+    cols = [*features, "label", "split", "scene_id", *where]
     table = sampled.select(*cols).toArrow()
     split = np.asarray(table.column("split").to_pylist())
     y = table.column("label").to_numpy().astype(np.int32)
     X = np.column_stack(
         [table.column(f).to_numpy(zero_copy_only=False).astype(np.float32) for f in features]
     )
+    scene = np.asarray(table.column("scene_id").to_pylist(), dtype=object)
     out = {}
     for name, c in (("train", cap), ("test", test_cap)):
         idx = np.flatnonzero(split == name)
         idx = idx[stratified_cap(y[idx], c, seed)]
         out[name] = idx
-    test = out["test"]
-    rows = {
-        "scene_id": np.asarray(table.column("scene_id").to_pylist(), dtype=object)[test],
-        **{k: table.column(k).to_numpy()[test] for k in ("scene_row", "scene_col", "block")},
-    }
-    return Sample(X[out["train"]], y[out["train"]], X[test], y[test], rows)
+
+    def rows(idx: np.ndarray) -> dict[str, np.ndarray]:
+        return {"scene_id": scene[idx], **{k: table.column(k).to_numpy()[idx] for k in where}}
+
+    train, test = out["train"], out["test"]
+    return Sample(X[train], y[train], X[test], y[test], rows(test), rows(train))
 
 
 # ----------------------------------------------------------------------------- training
@@ -502,13 +607,14 @@ def collect_sample(
 
 @dataclass
 class TrainResult:
-    """What :func:`train_model` produced: the bundle and, for tests, the model and sample."""
+    """What :func:`train_model` produced: the bundle and, for tests, model, sample, split."""
 
     bundle_path: Path
     metadata: dict[str, Any]
     model: Any = None
     sample: Sample | None = None
     scene_ids: list[str] = field(default_factory=list)
+    split: Split | None = None
 
 
 def fit_sklearn(X: np.ndarray, y: np.ndarray, seed: int, n_trees: int = N_TREES) -> Any:
@@ -552,16 +658,23 @@ def _assemble(df: DataFrame, features: Sequence[str], codes: Sequence[int]) -> D
 
 
 def mllib_metrics(
-    model: Any, test_df: DataFrame, features: Sequence[str], classes: Mapping[int, str]
+    model: Any,
+    test_df: DataFrame,
+    features: Sequence[str],
+    classes: Mapping[int, str],
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Held-out metrics of a Spark model: (label, prediction) counts aggregated in Spark."""
+    """Held-out metrics of a Spark model: (polygon, label, prediction) counts from Spark."""
     codes = sorted(classes)
     pred = model.transform(_assemble(test_df, features, codes))
-    pairs = pred.groupBy("label", "prediction").count().collect()
+    pairs = pred.groupBy("polygon", "label", "prediction").count().collect()
     y_true = [int(r["label"]) for r in pairs]
     y_pred = [codes[int(r["prediction"])] for r in pairs]
     weight = [int(r["count"]) for r in pairs]
-    return classification_metrics(y_true, y_pred, classes, sample_weight=weight)
+    polygon = [int(r["polygon"]) for r in pairs]
+    return classification_metrics(
+        y_true, y_pred, classes, sample_weight=weight, groups=polygon, seed=seed
+    )
 
 
 def _versions() -> dict[str, str]:
@@ -624,40 +737,52 @@ def train_model(
     scene_ids_used = sorted({t[0] for t in tiles})
     info = scene_table(lake, scene_ids_used)
     sensors_used = sorted({v["sensor"] for v in info.values()})
+    radiometry = training_radiometry(sensors_used)  # refuses TOA mixed with surface
     features = feature_columns(sensors_used, config.features.indices)
+    block_m = block_size_m(lake, scene_ids_used, block_px)
     run.seen = len(tiles)
     run.ingested = scene_ids_used
     log.info("%d tile(s) of %d scene(s) (%s) meet the labels", len(tiles), len(info), sensors_used)
 
-    labelled = labelled_pixels(
-        spark, lake, config, labels, tiles, features, block_px, test_fraction, seed
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    labelled = labelled_pixels(spark, lake, config, labels, tiles, features, block_m).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
     try:
-        with phase("class counts"):
-            counts = {
-                f"{r['split']}:{r['label']}": int(r["count"])
-                for r in labelled.groupBy("split", "label").count().collect()
-            }
-        n_train = sum(v for k, v in counts.items() if k.startswith("train:"))
-        n_test = sum(v for k, v in counts.items() if k.startswith("test:"))
-        if n_train == 0 or n_test == 0:
+        with phase("split"):
+            split, counts = split_polygons(labelled, labels, test_fraction, seed)
+        warnings = split_warnings(split, labels.classes)
+        for w in warnings:
+            log.warning("split: %s", w)
+        if split.pixels_train == 0 or split.pixels_test == 0:
             raise ModelError(
-                f"the spatial split left {n_train} training and {n_test} held-out labelled "
-                f"pixels: use a smaller block size (now {block_px} px) or more labels"
+                f"the split left {split.pixels_train} training and {split.pixels_test} "
+                f"held-out labelled pixels ({split.n_groups} group(s) of polygons and blocks): "
+                f"use a smaller block size (now {block_px} px) or more, farther apart labels"
             )
-        sampled = stratum_sample(labelled, counts, max_per_class, test_cap, seed)
+        sampled = stratum_sample(
+            with_split(spark, labelled, split), counts, max_per_class, test_cap, seed
+        )
         model_id = (
             f"landcover-{trainer}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{run.run_id[:6]}"
         )
         out = Path(model_out) if model_out else Path(config.train.models_dir) / model_id
+        split_counts = {
+            "n_groups": split.n_groups,
+            "n_groups_test": split.n_groups_test,
+            "n_polygons_train": len(split.train_polygons),
+            "n_polygons_test": len(split.test_polygons),
+            "pixels_train": split.pixels_train,
+            "pixels_test": split.pixels_test,
+        }
         meta: dict[str, Any] = {
             "model_id": model_id,
             "trainer": trainer,
             "feature_names": features,
             "bands": [f for f in features if f not in {i.lower() for i in config.features.indices}],
             "indices": [i.lower() for i in config.features.indices],
+            "radiometry": radiometry,
             "scaling": {
-                "input": "surface reflectance (unitless) and spectral indices",
+                "input": f"{RADIOMETRY_WORDS[radiometry]} (unitless) and spectral indices",
                 "formula": "reflectance = DN * scale + offset",
                 "source": "scenes.scaling (per scene and band)",
                 "per_scene": {s: v["scaling"] for s, v in sorted(info.items())},
@@ -673,10 +798,16 @@ def train_model(
                 "polygons": len(labels),
             },
             "split": {
-                "method": "spatial blocks of the scene grid, splitmix64(block id ^ seed)",
+                "method": SPLIT_METHOD,
                 "block_px": block_px,
+                "block_m": block_m,
                 "test_fraction": test_fraction,
                 "seed": seed,
+                **split_counts,
+                "warnings": warnings,
+                # Polygon ids: positions in the labels file (0-based).
+                "train_polygons": split.train_polygons,
+                "test_polygons": split.test_polygons,
             },
             "labelled_pixels": counts,
             "created": datetime.now(timezone.utc).isoformat(),
@@ -688,7 +819,11 @@ def train_model(
             with phase("fit sklearn"):
                 model = fit_sklearn(sample.X_train, sample.y_train, seed, n_trees)
             metrics = classification_metrics(
-                sample.y_test, model.predict(sample.X_test), labels.classes
+                sample.y_test,
+                model.predict(sample.X_test),
+                labels.classes,
+                groups=sample.test_rows["polygon"],
+                seed=seed,
             )
             meta.update(
                 estimator="sklearn.ensemble.RandomForestClassifier",
@@ -699,7 +834,7 @@ def train_model(
                     "train": _class_counts(sample.y_train),
                     "test": _class_counts(sample.y_test),
                 },
-                metrics=metrics,
+                metrics={**metrics, **split_counts, "warnings": warnings},
             )
             with phase("write bundle"):
                 bundle = write_onnx_bundle(out, model, meta)
@@ -709,14 +844,14 @@ def train_model(
                     log.warning("ONNX model agrees with scikit-learn on %.4f of pixels", agree)
                 bundle.metadata["onnx_agreement"] = agree
                 write_metadata(out, bundle.metadata)
-            return TrainResult(out, load_bundle(out).metadata, model, sample, scene_ids_used)
+            return TrainResult(out, load_bundle(out).metadata, model, sample, scene_ids_used, split)
         train_df = sampled.filter("split = 'train'")
         test_df = sampled.filter("split = 'test'")
         codes = sorted(labels.classes)
         with phase("fit mllib"):
             model = fit_mllib(train_df, features, codes, seed, n_trees)
         with phase("mllib metrics"):
-            metrics = mllib_metrics(model, test_df, features, labels.classes)
+            metrics = mllib_metrics(model, test_df, features, labels.classes, seed)
         meta.update(
             estimator="pyspark.ml.classification.RandomForestClassifier",
             params={"numTrees": n_trees, "maxDepth": 14, "seed": seed},
@@ -724,12 +859,12 @@ def train_model(
             model_file="spark_model",
             model_classes=codes,
             sample={"max_per_class": max_per_class, "max_test_per_class": test_cap},
-            metrics=metrics,
+            metrics={**metrics, **split_counts, "warnings": warnings},
         )
         out.mkdir(parents=True, exist_ok=True)
         model.write().overwrite().save(str((out / "spark_model").resolve()))
         write_metadata(out, meta)
-        return TrainResult(out, load_bundle(out).metadata, model, None, scene_ids_used)
+        return TrainResult(out, load_bundle(out).metadata, model, None, scene_ids_used, split)
     finally:
         labelled.unpersist()
 
@@ -755,8 +890,9 @@ def train(
     **options
         ``class_column`` (``class_name``), ``trainer`` (``sklearn`` | ``mllib``),
         ``max_per_class`` (5000 training pixels per class; ``max_test_per_class``
-        defaults to it), ``block_px`` (512: side of the spatial blocks of the scene grid),
-        ``test_fraction`` (0.3 of the blocks are held out), ``seed``, ``n_trees``,
+        defaults to it), ``block_px`` (512: side of the map blocks, in pixels of the finest
+        training scene), ``test_fraction`` (about 0.3 of the labelled pixels are held
+        out, as whole groups of polygons and blocks), ``seed``, ``n_trees``,
         ``scene_ids`` / ``sensors`` (restrict the scenes), ``model_out`` (default
         ``<train.models_dir>/<model_id>``), ``run`` (the :class:`Run` to record into).
     """
@@ -777,7 +913,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-per-class", type=int, help="training pixels per class")
     p.add_argument("--max-test-per-class", type=int, help="held-out pixels per class")
     p.add_argument("--block-px", type=int, help="spatial block side in pixels (train.block_px)")
-    p.add_argument("--test-fraction", type=float, help="share of held-out blocks")
+    p.add_argument("--test-fraction", type=float, help="share of held-out labelled pixels")
     p.add_argument("--seed", type=int)
     p.add_argument("--trees", type=int, help="trees per forest (train.trees)")
     p.add_argument("--scenes", help="comma-separated scene ids to train on (default: all)")
@@ -832,21 +968,41 @@ def main(argv: list[str] | None = None) -> int:
         status = "succeeded"
     except PipelineError as e:
         print(f"train failed: {e}", file=sys.stderr)
-        return 2 if isinstance(e, (ConfigError, LabelError)) else 1
+        return 2 if isinstance(e, (ConfigError, LabelError, RadiometryError)) else 1
     finally:
         record_run(spark, lake, run, status)
-    m = result.metadata["metrics"]
-    print(
-        f"train run {run.run_id}: model {result.metadata['model_id']} ({t.trainer}) on "
-        f"{len(result.scene_ids)} scene(s); held-out overall accuracy "
-        f"{m['overall_accuracy']:.3f} on {m['n']} pixels -> {result.bundle_path}"
-    )
-    for name, pc in m["per_class"].items():
-        print(
-            f"  {name:12s} precision {pc['precision']:.3f} recall {pc['recall']:.3f} "
-            f"f1 {pc['f1']:.3f} support {pc['support']}"
-        )
+    print(summary(run.run_id, result))
     return 0
+
+
+def summary(run_id: str, result: TrainResult) -> str:
+    """The job's printed report: accuracy, its interval, what it rests on, per class."""
+    meta = result.metadata
+    m = meta["metrics"]
+    ci = m.get("accuracy_ci")
+    interval = (
+        f"{m['ci_level']:.0%} interval [{ci[0]:.3f}, {ci[1]:.3f}]"
+        if ci
+        else "no interval (fewer than 2 held-out polygons)"
+    )
+    lines = [
+        f"train run {run_id}: model {meta['model_id']} ({meta['trainer']}, "
+        f"{meta.get('radiometry', '?')} reflectance) on {len(result.scene_ids)} scene(s) "
+        f"-> {result.bundle_path}",
+        f"  held-out overall accuracy {m['overall_accuracy']:.3f}, {interval}, on {m['n']} "
+        f"pixels of {m['n_polygons']} held-out polygon(s)",
+        f"  split: {m['n_polygons_train']} training / {m['n_polygons_test']} held-out "
+        f"polygons in {m['n_groups']} group(s) of polygons and blocks; labelled pixels "
+        f"{m['pixels_train']} / {m['pixels_test']}",
+        f"  interval: {m['ci_method']}",
+    ]
+    lines += [f"  warning: {w}" for w in m.get("warnings", [])]
+    lines += [
+        f"  {name:12s} precision {pc['precision']:.3f} recall {pc['recall']:.3f} "
+        f"f1 {pc['f1']:.3f} support {pc['support']}"
+        for name, pc in m["per_class"].items()
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

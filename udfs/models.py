@@ -11,6 +11,20 @@ A bundle is a folder::
 :func:`load_bundle` validates the folder, :func:`check_compatible` the data a bundle is
 applied to, and :func:`predict_pixels` classifies a float32 feature matrix with
 onnxruntime (one inference session per process and model file). No pyspark here.
+
+Decisions
+---------
+* **Radiometry.** A model is trained on one radiometry, ``"surface"`` (S2 L2A, Landsat
+  C2 L2) or ``"toa"`` (S2 L1C), :attr:`udfs.sensors.Sensor.radiometry`. Training on
+  sensors of both raises :class:`RadiometryError`; applying a model to pixels of another
+  radiometry than its own (``metadata["radiometry"]``, else its sensors') is refused.
+* **Accuracy interval.** Held-out pixels of one polygon are not independent, so the 95 %
+  interval of the overall accuracy is a *cluster* bootstrap (:func:`cluster_bootstrap`):
+  the held-out polygons are resampled with replacement (2000 resamples, seeded), the
+  pixel accuracy (correct pixels / pixels of the drawn polygons, a polygon drawn twice
+  counting twice) is recomputed for each, and the 2.5th and 97.5th percentiles
+  (``numpy.quantile``, linear interpolation) are the bounds. With fewer than two held-out
+  polygons there is no interval (``None``): one cluster says nothing about the spread.
 """
 
 from __future__ import annotations
@@ -51,6 +65,19 @@ PREDICT_CHUNK = 65536
 
 class ModelError(PipelineError, ValueError):
     """A model bundle is missing, incomplete, or does not fit the data it is applied to."""
+
+
+class RadiometryError(ModelError):
+    """Top-of-atmosphere and surface reflectance would be mixed in one model."""
+
+
+#: Resamples of the cluster bootstrap and the level of its interval.
+N_BOOTSTRAP = 2000
+CI_LEVEL = 0.95
+CI_METHOD = (
+    "percentile bootstrap over held-out polygons (resampled with replacement, "
+    f"{N_BOOTSTRAP} resamples, pixel accuracy of each resample)"
+)
 
 
 @dataclass(frozen=True)
@@ -101,13 +128,63 @@ class ModelBundle:
 # ----------------------------------------------------------------------------- metrics
 
 
+def cluster_bootstrap(
+    correct: ArrayLike,
+    total: ArrayLike,
+    n_boot: int = N_BOOTSTRAP,
+    level: float = CI_LEVEL,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of a pooled ratio, resampling clusters (polygons).
+
+    Parameters
+    ----------
+    correct, total : array of float, shape (k,)
+        Per cluster: correctly classified pixels and pixels (weights allowed).
+    n_boot : int
+        Resamples; each draws ``k`` clusters with replacement (seeded).
+    level : float
+        Coverage of the interval, within (0, 1).
+    seed : int
+        Seed of the draws (numpy ``default_rng``).
+
+    Returns
+    -------
+    (float, float) or None
+        The ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of
+        ``sum(correct of drawn) / sum(total of drawn)``; None with fewer than two clusters.
+    """
+    c = np.asarray(correct, dtype=np.float64)
+    t = np.asarray(total, dtype=np.float64)
+    if c.shape != t.shape or c.ndim != 1:
+        raise ModelError(f"correct and total must be 1-D of one length, got {c.shape}, {t.shape}")
+    if (t <= 0).any() or (c < 0).any() or (c > t).any():
+        raise ModelError("every cluster needs total > 0 and 0 <= correct <= total")
+    if not 0.0 < level < 1.0 or n_boot < 1:
+        raise ModelError(f"need 0 < level < 1 and n_boot >= 1, got {level}, {n_boot}")
+    k = len(c)
+    if k < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot, dtype=np.float64)
+    chunk = max(1, 2_000_000 // k)  # bounds the (resamples, clusters) count matrix
+    for start in range(0, n_boot, chunk):
+        n = min(chunk, n_boot - start)
+        draws = rng.multinomial(k, np.full(k, 1.0 / k), size=n).astype(np.float64)
+        stats[start : start + n] = (draws @ c) / (draws @ t)
+    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def classification_metrics(
     y_true: ArrayLike,
     y_pred: ArrayLike,
     classes: Mapping[int, str],
     sample_weight: ArrayLike | None = None,
+    groups: ArrayLike | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Overall accuracy, per-class precision / recall / F1 / support, confusion matrix.
+    """Overall accuracy with its interval, per-class precision / recall / F1, confusion matrix.
 
     Parameters
     ----------
@@ -118,13 +195,20 @@ def classification_metrics(
         sorted codes.
     sample_weight : array, optional
         Row weights (counts when rows are aggregated ``(true, pred)`` pairs).
+    groups : array of int, optional
+        Polygon id of each row: enables the cluster-bootstrap interval
+        (:func:`cluster_bootstrap`).
+    seed : int
+        Seed of the bootstrap.
 
     Returns
     -------
     dict
         ``overall_accuracy``, ``n`` (pixels), ``per_class`` (name -> precision, recall,
         f1, support), ``macro_f1``, ``labels`` (codes), ``label_names``,
-        ``confusion_matrix`` (rows = reference, columns = predicted; pixel counts).
+        ``confusion_matrix`` (rows = reference, columns = predicted; pixel counts), and
+        ``accuracy_ci`` (``[low, high]`` or None), ``ci_level``, ``ci_method``,
+        ``n_polygons`` (distinct ``groups``; None without them).
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -140,8 +224,25 @@ def classification_metrics(
         yt, yp, labels=codes, sample_weight=w, zero_division=0
     )
     cm = confusion_matrix(yt, yp, labels=codes, sample_weight=w)
+    ci: tuple[float, float] | None = None
+    n_polygons = None
+    if groups is not None:
+        g = np.asarray(groups, dtype=np.int64)
+        if g.shape != yt.shape:
+            raise ModelError(f"groups must have one id per row, got {g.shape} for {yt.shape}")
+        ids, gi = np.unique(g, return_inverse=True)
+        weight = np.ones(len(yt)) if w is None else w
+        total = np.bincount(gi, weights=weight, minlength=len(ids))
+        right = np.bincount(gi, weights=np.asarray(correct, np.float64), minlength=len(ids))
+        keep = total > 0
+        n_polygons = int(keep.sum())
+        ci = cluster_bootstrap(right[keep], total[keep], seed=seed)
     return {
         "overall_accuracy": float(np.sum(correct) / n),
+        "accuracy_ci": None if ci is None else [ci[0], ci[1]],
+        "ci_level": CI_LEVEL,
+        "ci_method": CI_METHOD if groups is not None else "none (no polygon ids)",
+        "n_polygons": n_polygons,
         "n": int(round(n)),
         "macro_f1": float(np.mean(f)),
         "per_class": {
@@ -158,6 +259,51 @@ def classification_metrics(
         "label_names": [classes[c] for c in codes],
         "confusion_matrix": np.rint(cm).astype(np.int64).tolist(),
     }
+
+
+# ----------------------------------------------------------------------------- radiometry
+
+
+def training_radiometry(sensors: Sequence[str]) -> str:
+    """The one radiometry (``surface`` | ``toa``) of ``sensors``.
+
+    Raises :class:`RadiometryError` naming each sensor and its radiometry when they differ,
+    :class:`ModelError` for an unknown sensor or none at all.
+    """
+    from udfs.sensors import SENSORS
+
+    unknown = sorted(set(sensors) - set(SENSORS))
+    if unknown:
+        raise ModelError(f"unknown sensor(s) {', '.join(unknown)}")
+    kinds = {s: SENSORS[s].radiometry for s in sorted(set(sensors))}
+    if not kinds:
+        raise ModelError("no sensors to train on")
+    if len(set(kinds.values())) > 1:
+        raise RadiometryError(
+            "cannot train one model on top-of-atmosphere and surface reflectance together: "
+            + ", ".join(f"{s} is {r}" for s, r in kinds.items())
+            + " (restrict the scenes with --sensors or --scenes)"
+        )
+    return next(iter(kinds.values()))
+
+
+def bundle_radiometry(bundle: ModelBundle) -> str:
+    """The model's radiometry: ``metadata["radiometry"]``, else that of its sensors."""
+    given = bundle.metadata.get("radiometry")
+    return str(given) if given else training_radiometry(bundle.sensors)
+
+
+def _radiometry_problems(bundle: ModelBundle, sensors: Sequence[str]) -> list[str]:
+    from udfs.sensors import SENSORS
+
+    want = bundle_radiometry(bundle)
+    other = {s: SENSORS[s].radiometry for s in sorted(set(sensors)) if s in SENSORS}
+    return [
+        f"{s} pixels are {r} reflectance, the model was trained on {want} reflectance "
+        f"({', '.join(bundle.sensors)})"
+        for s, r in other.items()
+        if r != want
+    ]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -268,8 +414,9 @@ def check_compatible(
     """Raise :class:`ModelError` unless the data fits the model.
 
     The data must offer exactly the bundle's features in the bundle's order, and come
-    from sensors the model was trained on. The message says what differs: missing and
-    unexpected features, a different order, unknown sensors.
+    from sensors the model was trained on, of its radiometry. The message says what
+    differs: missing and unexpected features, a different order, unknown sensors, another
+    radiometry (then a :class:`RadiometryError`).
     """
     want = bundle.feature_names
     got = list(feature_columns)
@@ -289,8 +436,11 @@ def check_compatible(
             f"sensor(s) {', '.join(unknown)} not trained on (model sensors: "
             f"{', '.join(bundle.sensors)})"
         )
+    radiometry = _radiometry_problems(bundle, sensors)
+    problems += radiometry
     if problems:
-        raise ModelError(f"model {bundle.model_id} ({bundle.path}): " + "; ".join(problems))
+        error = RadiometryError if radiometry else ModelError
+        raise error(f"model {bundle.model_id} ({bundle.path}): " + "; ".join(problems))
 
 
 def sensor_features(sensor_key: str) -> set[str]:
@@ -323,12 +473,14 @@ def index_names(bundle: ModelBundle) -> list[str]:
 def check_data(bundle: ModelBundle, sensors: Sequence[str]) -> None:
     """Raise :class:`ModelError` unless every sensor's pixels can feed the model.
 
-    A sensor must be one the model was trained on and offer every feature of the bundle
-    (bands and indices). The message names each sensor and what it lacks.
+    A sensor must be one the model was trained on, of the model's radiometry (surface or
+    top-of-atmosphere reflectance), and offer every feature of the bundle (bands and
+    indices). The message names each sensor and what it lacks.
     """
     from udfs.sensors import SENSORS
 
-    problems = []
+    radiometry = _radiometry_problems(bundle, sensors)
+    problems = list(radiometry)
     unknown = sorted(set(sensors) - set(bundle.sensors))
     if unknown:
         problems.append(
@@ -343,7 +495,8 @@ def check_data(bundle: ModelBundle, sensors: Sequence[str]) -> None:
         if missing:
             problems.append(f"{sensor} has no feature {', '.join(missing)}")
     if problems:
-        raise ModelError(f"model {bundle.model_id} ({bundle.path}): " + "; ".join(problems))
+        error = RadiometryError if radiometry else ModelError
+        raise error(f"model {bundle.model_id} ({bundle.path}): " + "; ".join(problems))
 
 
 # ----------------------------------------------------------------------------- predicting
