@@ -17,14 +17,12 @@ from udfs.labels import (
     LabelError,
     assign_split,
     hash_unit,
-    held_out,
     map_block,
     overlap_links,
     pixel_centres,
     rasterize_labels,
     rasterize_polygons,
     sample_fractions,
-    spatial_block,
     split_groups,
     stratified_cap,
 )
@@ -154,22 +152,6 @@ def test_polygon_ids_must_be_non_negative_integers():
 # ----------------------------------------------------------------------------- blocks
 
 
-def test_spatial_block_ids_by_hand():
-    rows = np.array([0, 511, 512, 0, 1030])
-    cols = np.array([0, 511, 0, 512, 2000])
-    got = spatial_block(rows, cols, 512)
-    assert got.dtype == np.int64
-    np.testing.assert_array_equal(got, [0, 0, 1 << 32, 1, (2 << 32) + 3])
-    assert spatial_block(5, 7, 4) == (1 << 32) + 1
-
-
-def test_spatial_block_refuses_bad_input():
-    with pytest.raises(LabelError, match="block size"):
-        spatial_block(0, 0, 0)
-    with pytest.raises(LabelError, match=">= 0"):
-        spatial_block(-1, 0, 8)
-
-
 def test_pixel_centres_by_hand():
     x, y = pixel_centres(TILE, [0, 2], [0, 3])
     np.testing.assert_array_equal(x, [X0 + 5, X0 + 35])
@@ -209,29 +191,6 @@ def test_map_block_refuses_bad_input():
         map_block(0.0, 0.0, 10.0, 1 << 20)
     with pytest.raises(LabelError, match="finite"):
         map_block(np.nan, 0.0, 10.0, 32631)
-
-
-def test_held_out_is_deterministic_per_block_and_seed():
-    blocks = spatial_block(*np.meshgrid(np.arange(100) * 8, np.arange(100) * 8), 8).ravel()
-    a = held_out(blocks, 0.3, seed=1)
-    np.testing.assert_array_equal(a, held_out(blocks, 0.3, seed=1))
-    assert abs(a.mean() - 0.3) < 0.03  # 10 000 blocks
-    b = held_out(blocks, 0.3, seed=2)
-    assert (a != b).mean() > 0.2  # another seed holds out other blocks
-    # Every pixel of one block shares its fate; the order of pixels does not matter.
-    rev = held_out(blocks[::-1], 0.3, seed=1)[::-1]
-    np.testing.assert_array_equal(a, rev)
-    assert bool(held_out(blocks[5], 0.3, seed=1)) == bool(a[5])
-    # A larger fraction holds out a superset of blocks.
-    assert (held_out(blocks, 0.5, seed=1) >= a).all()
-
-
-@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
-def test_held_out_refuses_fractions_outside_0_1(fraction):
-    with pytest.raises(LabelError, match="test fraction"):
-        held_out([1, 2], fraction)
-    with pytest.raises(LabelError, match="test fraction"):
-        assign_split([0], [0], [1], [1], fraction)
 
 
 def test_hash_unit_is_in_0_1_and_seeded():

@@ -219,34 +219,6 @@ def _crs(value: Any) -> CRS:
 # ----------------------------------------------------------------------------- spatial blocks
 
 
-def spatial_block(scene_row: ArrayLike, scene_col: ArrayLike, block_px: int) -> NDArray[np.int64]:
-    """Id of the ``block_px`` x ``block_px`` block of one *scene grid* holding each pixel.
-
-    The training job keys its blocks by map position instead (:func:`map_block`); this
-    grid-bound id remains for callers that reason in one scene's grid.
-
-    Parameters
-    ----------
-    scene_row, scene_col : int or array of int
-        Pixel position in the scene grid (``tiles.row_off + row``, ``tiles.col_off + col``).
-    block_px : int
-        Block side in pixels of the scene grid (512 px = 5.12 km on a 10 m grid).
-
-    Returns
-    -------
-    ndarray of int64, broadcast shape of the inputs
-        ``block_row * 2**32 + block_col``: unique per block, identical for every pixel of
-        the block and for the same block in every scene with the same grid.
-    """
-    if int(block_px) <= 0:
-        raise LabelError(f"block size must be > 0 pixels, got {block_px}")
-    r = np.asarray(scene_row, dtype=np.int64)
-    c = np.asarray(scene_col, dtype=np.int64)
-    if (r < 0).any() or (c < 0).any():
-        raise LabelError("scene rows and columns must be >= 0")
-    return (r // int(block_px)) * (1 << 32) + (c // int(block_px))
-
-
 def pixel_centres(
     transform: Sequence[float], rows: ArrayLike, cols: ArrayLike
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -330,18 +302,6 @@ def hash_unit(keys: ArrayLike, seed: int = 0) -> NDArray[np.float64]:
     key = _splitmix64(np.asarray([seed], dtype=np.int64).view(np.uint64))
     h = _splitmix64(ids ^ key)
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def held_out(block_ids: ArrayLike, test_fraction: float, seed: int = 0) -> NDArray[np.bool_]:
-    """True for keys (blocks) whose :func:`hash_unit` is below ``test_fraction``.
-
-    A per-key coin with no grouping; the training job holds out whole groups of polygons
-    and blocks instead (:func:`assign_split`).
-    """
-    if not 0.0 < test_fraction < 1.0:
-        raise LabelError(f"test fraction must be within (0, 1), got {test_fraction}")
-    out = hash_unit(block_ids, seed) < test_fraction
-    return out if np.ndim(block_ids) else out[:1].reshape(())
 
 
 # ----------------------------------------------------------------------------- the split
