@@ -16,13 +16,16 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 ## Command 1: set up, write the demo scenes, ingest them, compute features, train a model
-## (once) and map land cover with `spark-submit pipelines/classify.py`, printing each result.
+## (once), map land cover with `spark-submit pipelines/classify.py`, and aggregate the maps
+## over the demo regions (class areas, index time series, change), printing each result.
 demo: setup
 	$(PY) -m pipelines.demo --out data/demo --size $(DEMO_SIZE)
 	$(PY) -m pipelines.ingest --profile local
 	$(PY) -m pipelines.features --profile local
 	test -n "$$(ls output/models/*/metadata.json 2>/dev/null)" || $(PY) -m pipelines.train --profile local
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" spark-submit pipelines/classify.py
+	$(PY) -m pipelines.aggregate --profile local --regions data/demo/regions.geojson \
+		--set aggregate.change_from=2024-06 --set aggregate.change_to=2024-08
 
 ## Command 2: the whole test suite.
 test: setup

@@ -39,13 +39,15 @@ from pipelines.config import Config, load_config
 from pipelines.datamodel import MODELS, PREDICTIONS, TABLES, TILE_PREDICTIONS
 from pipelines.discover import discover
 from pipelines.features import features, file_groups, scene_table, tile_input, use_file_reader
-from pipelines.ingest import grouped_rdd, ingest
+from pipelines.ingest import ingest
+from pipelines.jobs import Job, Stage, run_main
 from pipelines.lakehouse import Lakehouse
-from pipelines.runs import ListParam, Run, phase, run_stage
-from udfs.errors import ConfigError, SceneError
+from pipelines.runs import ListParam, Run, phase
+from pipelines.scheduling import grouped_rdd
+from udfs.errors import SceneError
 from udfs.feature_udfs import TILE_COLUMNS
 from udfs.inference_udfs import (
-    GEO_COLUMNS,
+    PREDICTION_GEO_COLUMNS,
     ModelRef,
     make_tile_classifier,
     make_tile_classifier_writer,
@@ -197,7 +199,7 @@ def classified_frame(
         lake,
         run.config.classify.reader,
         list(todo),
-        (*TILE_COLUMNS, *GEO_COLUMNS),
+        (*TILE_COLUMNS, *PREDICTION_GEO_COLUMNS),
     )
     classify_fn = make_tile_classifier(
         todo,
@@ -360,40 +362,32 @@ def summary(run: Run, lake: Lakehouse, bundle: ModelBundle) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    args = parse_args(argv)
-    try:
-        config = config_from_args(args)
-        bundle = load_model(config)  # before Spark starts: nothing is written on failure
-    except (ConfigError, ModelError) as e:
-        print(f"classify: {e}", file=sys.stderr)
-        return 2
-    from pipelines.session import build_session
+def upstream(config: Config, bundle: ModelBundle, lake: Lakehouse) -> list[Stage]:
+    """Ingest (when asked, or when ``tiles`` is missing) and features, run before classify.
 
-    spark = build_session(config)
-    lake = Lakehouse(spark, config.storage)
+    Raises :class:`ModelError` when a sensor of the data (ingested, or about to be) cannot
+    feed ``bundle``: the job stops before anything is written.
+    """
     mode = config.classify.ingest
     will_ingest = mode == "always" or (mode == "auto" and not lake.exists("tiles"))
-    try:
-        check_data(bundle, data_sensors(config, lake, will_ingest))
-    except ModelError as e:
-        print(f"classify: {e}", file=sys.stderr)
-        return 2
-    if will_ingest:
-        code, _ = run_stage(spark, lake, "ingest", config, ingest, config.ingest.source)
-        if code:
-            return code
-    code, _ = run_stage(spark, lake, "features", config, features, lake.path("tiles"))
-    if code:
-        return code
-    code, run = run_stage(
-        spark, lake, JOB, config, lambda s, lk, r: classify(s, lk, r, bundle), str(bundle.path)
-    )
-    if code:
-        return code
-    print(summary(run, lake, bundle))
-    return 0
+    check_data(bundle, data_sensors(config, lake, will_ingest))
+    stages = [Stage("ingest", ingest, config.ingest.source)] if will_ingest else []
+    return [*stages, Stage("features", features, lake.path("tiles"))]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def plan(config: Config) -> Job:
+        bundle = load_model(config)  # before Spark starts: nothing is written on failure
+        return Job(
+            lambda spark, lake, run: classify(spark, lake, run, bundle),
+            lambda run, lake: summary(run, lake, bundle),
+            source=lambda lake: str(bundle.path),
+            upstream=lambda lake: upstream(config, bundle, lake),
+        )
+
+    return run_main(JOB, lambda: config_from_args(args), plan)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
@@ -256,6 +257,68 @@ class ClassifyConfig:
             raise ConfigError("classify.model must name a bundle folder or be 'latest'")
 
 
+_PERIOD_FORMATS = (("%Y-%m-%d", "YYYY-MM-DD"), ("%Y-%m", "YYYY-MM"))
+
+
+def parse_period(key: str, text: str) -> tuple[date, date]:
+    """First and last day (inclusive) of a ``YYYY-MM-DD`` day or a ``YYYY-MM`` month."""
+    for fmt, _ in _PERIOD_FORMATS:
+        try:
+            start = datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+        if fmt == "%Y-%m":
+            nxt = date(start.year + start.month // 12, start.month % 12 + 1, 1)
+            return start, date.fromordinal(nxt.toordinal() - 1)
+        return start, start
+    raise ConfigError(f"{key} must be a date YYYY-MM-DD or a month YYYY-MM, got {text!r}")
+
+
+@dataclass(frozen=True)
+class AggregateConfig:
+    """What ``pipelines/aggregate.py`` aggregates, and over which regions."""
+
+    #: GeoJSON, GeoParquet or GeoPackage of areas of interest (any CRS); None: each
+    #: scene's whole footprint is the one region (``region_set`` ``scene``).
+    regions: str | None = None
+    region_id_column: str = "id"
+    region_name_column: str = "name"
+    #: ``latest`` (the newest row of ``models``), a model id, or ``all``.
+    model: str = "latest"
+    #: Also write ``index_monthly`` (pixels of every scene of a month, per sensor).
+    monthly: bool = True
+    #: ``change``: from one period to another (``YYYY-MM-DD`` or ``YYYY-MM``); both or none.
+    change_from: str | None = None
+    change_to: str | None = None
+    #: Used by the composites job: build ``composites``, per ``composite_period``.
+    composites: bool = True
+    composite_period: str = "month"
+
+    def __post_init__(self) -> None:
+        for key in ("region_id_column", "region_name_column", "model"):
+            if not getattr(self, key):
+                raise ConfigError(f"aggregate.{key} must not be empty")
+        if self.regions is not None and not self.regions.strip():
+            raise ConfigError("aggregate.regions must be a file path or null")
+        if (self.change_from is None) != (self.change_to is None):
+            raise ConfigError(
+                "aggregate.change_from and aggregate.change_to go together: set both or neither"
+            )
+        if self.change_from is not None and self.change_to is not None:
+            a = parse_period("aggregate.change_from", self.change_from)
+            b = parse_period("aggregate.change_to", self.change_to)
+            if a[1] >= b[0]:
+                raise ConfigError(
+                    f"aggregate.change_from ({self.change_from}) must end before "
+                    f"aggregate.change_to ({self.change_to}) starts"
+                )
+        if self.composite_period not in ("month", "quarter", "year"):
+            raise ConfigError(
+                "aggregate.composite_period must be month, quarter or year, "
+                f"got {self.composite_period!r}"
+            )
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration of a job run."""
@@ -266,6 +329,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
 
     def digest(self) -> str:
         """Stable digest of the whole configuration (recorded in ``runs``)."""

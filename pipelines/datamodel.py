@@ -1,17 +1,21 @@
 """The data model: every table's name, schema, key and partitioning, on one screen.
 
-Pixel encoding (``tiles`` band columns): raw little-endian, C-order bytes of a
-``(height, width)`` array of dtype ``tiles.dtype`` (see :mod:`udfs.tiling`); ``valid`` is
-the bit-packed (``np.packbits``) mask of pixels that hold data in every reflectance band
-(quality bands such as ``qa`` and ``radsat`` do not count). Columns that a sensor lacks are
-null (Landsat has no ``rededge1``), and so is an optional band the product lacks (Landsat
-``radsat`` where a catalogue omits ``QA_RADSAT``; ``scenes.bands`` then does not list it).
+Pixel columns (``tiles`` bands and ``valid``, ``predictions`` ``classes`` and
+``confidence``) are encoded as :mod:`udfs.tiling` states, on the tile's grid. ``valid``
+marks the pixels that hold data in every reflectance band (quality bands such as ``qa``
+and ``radsat`` do not count). Columns that a sensor lacks are null (Landsat has no
+``rededge1``), and so is an optional band the product lacks (Landsat ``radsat`` where a
+catalogue omits ``QA_RADSAT``; ``scenes.bands`` then does not list it).
 
-``predictions`` uses the same encoding on the tile's grid: ``classes`` holds class codes
-of dtype ``predictions.dtype`` (uint8, or uint16 for codes above 254) with
-``NODATA_CLASS`` (0) where a pixel was masked (nodata, cloud, shadow, snow, saturated)
-or a feature was not finite; ``confidence`` holds the probability of that class in
-percent as uint8 (0..100) with ``NODATA_CONFIDENCE`` (255) where the class is 0.
+``predictions.classes`` holds class codes of dtype ``predictions.dtype`` (uint8, or uint16
+for codes above 254) with ``NODATA_CLASS`` (0) where a pixel was masked (nodata, cloud,
+shadow, snow, saturated) or a feature was not finite; ``confidence`` holds the
+probability of that class in percent as uint8 (0..100) with ``NODATA_CONFIDENCE`` (255)
+where the class is 0 (both constants are :mod:`udfs.inference`'s).
+
+``composites`` band columns hold float32 reflectance (the per-pixel median, NaN where no
+observation was valid) and ``count`` uint16 valid observations, in the same encoding
+(see :mod:`udfs.composites`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from udfs.sensors import BAND_COLUMNS
+from udfs.inference import NODATA_CLASS as NODATA_CLASS  # one definition, re-exported
+from udfs.inference import NODATA_CONFIDENCE as NODATA_CONFIDENCE
+from udfs.sensors import BAND_COLUMNS, SENSORS
 
 
 def _f(name: str, typ, nullable: bool = True) -> StructField:
@@ -199,9 +205,6 @@ RUNS = StructType(
 )
 
 
-NODATA_CLASS = 0
-NODATA_CONFIDENCE = 255
-
 MODEL_KEY_FIELDS = [_f("model_id", StringType(), False), *TILE_KEY_FIELDS]
 
 PREDICTIONS = StructType(
@@ -261,6 +264,142 @@ MODELS = StructType(
 )
 
 
+#: Reflectance band columns of ``composites``: every sensor's reflectance bands, in
+#: ``tiles`` order (no quality columns: a composite has no ``qa``).
+COMPOSITE_BANDS = tuple(
+    c
+    for c in BAND_COLUMNS
+    if any(b.common == c for s in SENSORS.values() for b in s.reflectance_bands)
+)
+
+COMPOSITES = StructType(
+    [
+        # key: grid, period, tile. grid_id digests sensor, CRS, scene transform and size,
+        # tile_size and overlap (scenes of one S2 MGRS tile share it; sensors never do)
+        _f("grid_id", StringType(), False),
+        _f("period", StringType(), False),  # 2024-06 (month), 2024-Q2 (quarter), 2024 (year)
+        _f("tile_row", IntegerType(), False),
+        _f("tile_col", IntegerType(), False),
+        _f("period_kind", StringType(), False),  # month | quarter | year
+        _f("period_start", DateType(), False),  # first day of the period
+        _f("period_end", DateType(), False),  # last day of the period (inclusive)
+        _f("sensor", StringType(), False),
+        _f("crs_epsg", IntegerType()),
+        _f("transform", ArrayType(DoubleType())),  # as in tiles
+        _f("bounds", _BOUNDS),
+        _f("bbox_wgs84", _BOUNDS),
+        _f("row_off", IntegerType(), False),
+        _f("col_off", IntegerType(), False),
+        _f("width", IntegerType(), False),
+        _f("height", IntegerType(), False),
+        _f("dtype", StringType(), False),  # float32: numpy dtype of the band columns
+        _f("n_scenes", IntegerType(), False),  # observations stacked (scenes with the tile)
+        _f("scene_ids", ArrayType(StringType()), False),  # sorted
+        # digest of the scenes (id + ingest run), masks and composite policy: a new or
+        # rebuilt scene changes it, and the (grid, period)'s rows are replaced
+        _f("composite_digest", StringType(), False),
+        _f("count", BinaryType(), False),  # uint16 per pixel: valid observations
+        # per-pixel median of masked surface (toa for S2 L1C) reflectance, float32, NaN
+        # where count is 0; null where the sensor lacks the band
+        *[_f(c, BinaryType()) for c in COMPOSITE_BANDS],
+        _f("run_id", StringType(), False),
+    ]
+)
+
+
+# Analysis tables (pipelines/aggregate.py). A region is a polygon of the regions file
+# (``region_set`` = the file's name without suffix) or, without a file, a scene's whole
+# footprint (``region_set`` ``scene``, ``region_id`` ``scene``). A pixel belongs to a
+# region when its centre is inside; overlapping regions each get it. Pixel areas come from
+# the scene grid's transform (CRS units: metres; geographic scene CRSs are refused).
+REGION_KEY_FIELDS = [
+    _f("region_set", StringType(), False),
+    _f("region_id", StringType(), False),
+    _f("region_name", StringType()),
+]
+_AGG_TRAILER = [
+    _f("region_hectares", DoubleType()),  # polygon area in the scene CRS (shapely), ha
+    _f("regions_digest", StringType(), False),  # regions file content + id/name columns
+    # digest of everything the row's values derive from (regions, scene's ingest run,
+    # feature settings / predictions run): a rebuilt upstream scene changes it
+    _f("inputs_digest", StringType(), False),
+    _f("run_id", StringType(), False),
+]
+
+CLASS_AREA = StructType(
+    [
+        *REGION_KEY_FIELDS,
+        _f("scene_id", StringType(), False),
+        _f("sensor", StringType(), False),
+        _f("acquired_date", DateType(), False),
+        _f("model_id", StringType(), False),
+        _f("class_code", IntegerType(), False),  # every class of the model, zeros included
+        _f("class_name", StringType()),
+        _f("pixels", LongType(), False),  # region pixels of this class
+        _f("hectares", DoubleType(), False),  # pixels x pixel area / 10 000
+        _f("class_fraction", DoubleType()),  # of the region's observed area; NaN if none
+        _f("observed_hectares", DoubleType(), False),  # pixels with a class (any)
+        # region pixels on the scene grid (with data or not); 0: outside the scene
+        _f("grid_pixels", LongType(), False),
+        # 1 - observed / region_hectares, in 0..1: cloud, shadow, nodata, outside the scene
+        _f("unobserved_fraction", DoubleType(), False),
+        _f("pixel_m2", DoubleType(), False),  # area of one pixel of the scene grid
+        *_AGG_TRAILER,
+    ]
+)
+
+_VALUE_STATS = [
+    _f("count", LongType(), False),  # valid pixels with a finite value
+    *[_f(n, DoubleType()) for n in ("mean", "std", "p10", "p50", "p90")],  # NaN if count 0
+]
+
+INDEX_TIMESERIES = StructType(
+    [
+        *REGION_KEY_FIELDS,
+        _f("scene_id", StringType(), False),
+        _f("sensor", StringType(), False),
+        _f("acquired_date", DateType(), False),
+        _f("index", StringType(), False),  # lower-case index name (ndvi)
+        *_VALUE_STATS,
+        _f("grid_pixels", LongType(), False),  # region pixels on the scene grid
+        _f("valid_pixels", LongType(), False),  # of them neither nodata nor masked
+        _f("unobserved_fraction", DoubleType(), False),  # 1 - valid area / region area
+        *_AGG_TRAILER,
+    ]
+)
+
+INDEX_MONTHLY = StructType(
+    [
+        *REGION_KEY_FIELDS,
+        _f("sensor", StringType(), False),
+        _f("month", StringType(), False),  # yyyy-MM
+        _f("index", StringType(), False),
+        _f("scenes", IntegerType(), False),  # scenes of the month pooled
+        *_VALUE_STATS,  # over the valid pixels of every scene of the month
+        *_AGG_TRAILER,
+    ]
+)
+
+CHANGE = StructType(
+    [
+        *REGION_KEY_FIELDS,
+        _f("model_id", StringType(), False),
+        _f("from_period", StringType(), False),  # aggregate.change_from
+        _f("to_period", StringType(), False),
+        # the scene grid compared on: "EPSG:32631 10,0,600000,0,-10,5700000 512x512";
+        # pixels are only compared with pixels of the same grid
+        _f("grid", StringType(), False),
+        _f("from_class", IntegerType(), False),
+        _f("to_class", IntegerType(), False),
+        _f("pixels", LongType(), False),  # observed (classified) in both periods
+        _f("hectares", DoubleType(), False),
+        _f("from_scenes", ArrayType(StringType()), False),
+        _f("to_scenes", ArrayType(StringType()), False),
+        *_AGG_TRAILER,
+    ]
+)
+
+
 @dataclass(frozen=True)
 class Table:
     """A table of the lakehouse: name, schema, merge key and partition columns."""
@@ -286,6 +425,39 @@ TABLES = {
         ),
         Table(
             "tile_predictions", TILE_PREDICTIONS, ("model_id", "scene_id", "tile_row", "tile_col")
+        ),
+        Table(
+            "composites",
+            COMPOSITES,
+            ("grid_id", "period", "tile_row", "tile_col"),
+            ("sensor", "period"),
+        ),
+        Table(
+            "class_area",
+            CLASS_AREA,
+            ("region_set", "region_id", "scene_id", "model_id", "class_code"),
+        ),
+        Table(
+            "index_timeseries", INDEX_TIMESERIES, ("region_set", "region_id", "scene_id", "index")
+        ),
+        Table(
+            "index_monthly",
+            INDEX_MONTHLY,
+            ("region_set", "region_id", "sensor", "month", "index"),
+        ),
+        Table(
+            "change",
+            CHANGE,
+            (
+                "region_set",
+                "region_id",
+                "model_id",
+                "from_period",
+                "to_period",
+                "grid",
+                "from_class",
+                "to_class",
+            ),
         ),
         Table("rejected", REJECTED, ("run_id", "href", "scene_id", "stage")),
         Table("runs", RUNS, ("run_id",)),

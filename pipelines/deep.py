@@ -19,7 +19,6 @@ Run with ``python -m pipelines.deep [--root DIR] [--model M.onnx] [--scenes ID,I
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
@@ -40,10 +39,11 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from pipelines.config import load_config
+from pipelines.config import Config, load_config
 from pipelines.features import scene_table
+from pipelines.jobs import Job, run_main
 from pipelines.lakehouse import Lakehouse
-from pipelines.runs import Run, run_job
+from pipelines.runs import Run
 from udfs.deep import (
     CHIP_SIZE,
     DEFAULT_BANDS,
@@ -53,9 +53,9 @@ from udfs.deep import (
     open_session,
     spec_from_session,
 )
-from udfs.errors import ConfigError
 from udfs.feature_udfs import TILE_COLUMNS
 from udfs.masks import MaskSettings
+from udfs.models import ModelError
 
 JOB = "deep"
 
@@ -160,32 +160,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    args = parse_args(argv)
-    try:
-        config = load_config(
-            args.profile, [*([f"storage.root={args.root}"] if args.root else []), *args.set]
-        )
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    model = args.model
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(
+        args.profile, [*([f"storage.root={args.root}"] if args.root else []), *args.set]
+    )
+
+
+def chip_model(model: str | None, seed: int) -> str:
+    """The ONNX chip model to apply: ``model``, or the demo CNN built now with ``seed``.
+
+    Raises :class:`ModelError` when ``model`` does not exist.
+    """
     if model is None:
         model = os.path.join(tempfile.mkdtemp(prefix="chip_cnn_"), "chip_cnn_demo.onnx")
-        build_chip_cnn(model, seed=args.seed)
-        print(f"no --model: built the demo CNN (random weights, seed {args.seed}) at {model}")
+        build_chip_cnn(model, seed=seed)
+        print(f"no --model: built the demo CNN (random weights, seed {seed}) at {model}")
     elif not os.path.exists(model):
-        print(f"model not found: {model}", file=sys.stderr)
-        return 2
+        raise ModelError(f"model not found: {model}")
+    return model
+
+
+def plan(args: argparse.Namespace, config: Config) -> Job:
+    """The job for ``args``: the model is built or checked here, before Spark starts."""
+    model = chip_model(args.model, args.seed)
     spec = spec_from_session(open_session(model))
     scene_ids = args.scenes.split(",") if args.scenes else None
     counts: list[Any] = []
 
     def work(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
-        chips = chip_frame(
-            spark, lake, scene_ids, bands=spec.bands, chip=spec.chip, masks=config.features.masks()
-        )
+        masks = config.features.masks()
+        chips = chip_frame(spark, lake, scene_ids, bands=spec.bands, chip=spec.chip, masks=masks)
         counts.extend(
             classify_chips(chips, model, args.batch_size)
             .groupBy("chip_class")
@@ -196,13 +200,20 @@ def main(argv: list[str] | None = None) -> int:
         run.seen = sum(r.chips for r in counts)
         return run
 
-    code, run, _ = run_job(JOB, config, work, lambda lake: lake.path("tiles"))
-    if code:
-        return code
-    print(f"deep run {run.run_id}: {run.seen} chips of {spec.chip} px classified by {model}")
-    for r in counts:
-        print(f"  {r.chip_class:<12} {r.chips:>7}  mean confidence {r.mean_confidence:.3f}")
-    return 0
+    def summary(run: Run, lake: Lakehouse) -> str:
+        lines = [f"deep run {run.run_id}: {run.seen} chips of {spec.chip} px classified by {model}"]
+        lines += [
+            f"  {r.chip_class:<12} {r.chips:>7}  mean confidence {r.mean_confidence:.3f}"
+            for r in counts
+        ]
+        return "\n".join(lines)
+
+    return Job(work, summary, source=lambda lake: lake.path("tiles"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_main(JOB, lambda: config_from_args(args), lambda config: plan(args, config))
 
 
 if __name__ == "__main__":

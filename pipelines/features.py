@@ -17,7 +17,6 @@ Run with ``python -m pipelines.features`` or ``spark-submit pipelines/features.p
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from typing import Any
@@ -29,9 +28,10 @@ from pyspark.sql.types import FloatType, IntegerType, StringType, StructField, S
 
 from pipelines.config import Config, load_config
 from pipelines.datamodel import TILE_FEATURES, TILES
-from pipelines.ingest import balanced_groups, grouped_rdd, task_count
+from pipelines.jobs import Job, run_main
 from pipelines.lakehouse import Lakehouse
-from pipelines.runs import ListParam, Run, phase, run_job
+from pipelines.runs import ListParam, Run, phase
+from pipelines.scheduling import balanced_groups, grouped_rdd, task_count
 from udfs.errors import ConfigError
 from udfs.feature_udfs import (
     CORE_COLUMNS,
@@ -223,23 +223,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.profile, [*overrides, *args.set])
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    args = parse_args(argv)
-    try:
-        config = config_from_args(args)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    code, run, lake = run_job(JOB, config, features, lambda lake: lake.path("tiles"))
-    if code:
-        return code
-    print(
+def summary(run: Run, lake: Lakehouse) -> str:
+    return (
         f"features run {run.run_id}: {len(run.ingested)} scene(s) processed, "
         f"{len(run.skipped)} already done, {run.tiles_written} tile rows written, "
         f"{len(run.rejected)} tile(s) rejected -> {lake.path('tile_features')}"
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    job = Job(features, summary, source=lambda lake: lake.path("tiles"))
+    return run_main(JOB, lambda: config_from_args(args), lambda config: job)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any
 
 import pyarrow as pa
 from pyspark import RDD
@@ -28,8 +27,10 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from pipelines.config import Config, load_config
 from pipelines.datamodel import SCENES, TABLES, TILES
 from pipelines.discover import discover
+from pipelines.jobs import Job, run_main
 from pipelines.lakehouse import Lakehouse
-from pipelines.runs import ListParam, Run, phase, run_job
+from pipelines.runs import ListParam, Run, phase
+from pipelines.scheduling import balanced_groups, grouped_rdd, task_count
 from udfs.errors import ConfigError, SceneError
 from udfs.ingest_udfs import (
     INSPECT_SCHEMA,
@@ -42,7 +43,6 @@ from udfs.reader import SceneSource
 from udfs.tiling import ReadBlock, plan_read_blocks, tile_grid_shape
 
 JOB = "ingest"
-K = TypeVar("K", str, int)
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -167,44 +167,6 @@ def balanced_blocks(spark: SparkSession, blocks: list[dict[str, Any]]) -> RDD:
     area = {i: b["height"] * b["width"] for i, b in enumerate(blocks)}
     groups = balanced_groups(area, task_count(spark, len(blocks)))
     return grouped_rdd(spark, [[blocks[i] for i in g] for g in groups])
-
-
-def grouped_rdd(spark: SparkSession, groups: list[list[Any]]) -> RDD:
-    """The items of ``groups``, one partition (task) per group, each in group order."""
-    # parallelize gives each of n items its own partition.
-    return spark.sparkContext.parallelize(groups, max(1, len(groups))).flatMap(lambda g: g)
-
-
-def task_count(spark: SparkSession, n_items: int, max_per_task: int = 64) -> int:
-    """Tasks for ``n_items`` independent work items (blocks, files).
-
-    Each Python task has a fixed cost (measured at ~0.5 s here: worker hand-over, closure,
-    GDAL and Arrow set-up), so items are grouped: one task per core (bench/: 2 tasks ran
-    the 5490 px features job in 10.1 s, 4 in 12.6 s, 8 in 15.0 s), and no task takes more
-    than ``max_per_task`` items.
-    """
-    cores = spark.sparkContext.defaultParallelism
-    return max(1, min(n_items, max(cores, -(-n_items // max_per_task))))
-
-
-def balanced_groups(sizes: dict[K, int], n: int) -> list[list[K]]:
-    """Split items into ``n`` groups of about equal total size (largest first, each into
-    the lightest group), each group in key order.
-
-    A task's time grows with the pixels it handles, so groups of equal size finish
-    together. Ingest weighs read blocks by area: split in scene order, one of two tasks
-    got the full block rows and the other the narrow last one (56 % / 44 % of the
-    pixels). Features and classify weigh tiles files by bytes, which follow their valid
-    pixels (correlation 0.98 on the 5490 px bench scene); split in name order one of two
-    tasks ran 18 % longer.
-    """
-    groups: list[list[K]] = [[] for _ in range(max(1, n))]
-    load = [0] * len(groups)
-    for key in sorted(sizes, key=lambda k: (-sizes[k], k)):
-        i = load.index(min(load))
-        groups[i].append(key)
-        load[i] += sizes[key]
-    return [sorted(g) for g in groups if g]
 
 
 def tiles_frame(blocks: DataFrame, config: Config, errors: Any) -> DataFrame:
@@ -402,18 +364,8 @@ def summary(run: Run, lake: Lakehouse) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    try:
-        config = config_from_args(args)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    code, run, lake = run_job(JOB, config, ingest)
-    if code:
-        return code
-    print(summary(run, lake))
-    return 0
+    return run_main(JOB, lambda: config_from_args(args), lambda config: Job(ingest, summary))
 
 
 if __name__ == "__main__":

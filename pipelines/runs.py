@@ -97,18 +97,28 @@ def record_run(spark: SparkSession, lake: Lakehouse, run: Run, status: str) -> N
     lake.append("runs", runs_frame(spark, run, status))
 
 
+#: Errors that refuse a run (exit code 2) rather than fail it (1): a configuration or a
+#: model that cannot be used. A job may name others (training: labels).
+REFUSED: tuple[type[PipelineError], ...] = (ConfigError, ModelError)
+
+#: What a job or stage does: fills the run's accounting, writes its tables.
+Work = Callable[[SparkSession, Lakehouse, Run], Any]
+
+
 def run_stage(
     spark: SparkSession,
     lake: Lakehouse,
     job: str,
     config: Config,
-    work: Callable[[SparkSession, Lakehouse, Run], Any],
+    work: Work,
     source: str = "",
+    refused: tuple[type[PipelineError], ...] = REFUSED,
 ) -> tuple[int, Run]:
     """Run ``work`` as job ``job`` and record the run whatever happens.
 
-    Returns the exit code (0 ok, 1 bad input in strict mode or a failed run, 2 a refused
-    configuration or model) and the run. Programming errors are not caught.
+    Returns the exit code (0 ok, 1 bad input in strict mode or a failed run, 2 an error of
+    ``refused``: a refused configuration or model) and the run. Programming errors are not
+    caught.
     """
     run = Run(config, job=job, source=source)
     status, code = "failed", 1
@@ -117,7 +127,7 @@ def run_stage(
         status, code = "succeeded", 0
     except PipelineError as e:
         print(f"{job} failed: {e}", file=sys.stderr)
-        code = 2 if isinstance(e, (ConfigError, ModelError)) else 1
+        code = 2 if isinstance(e, refused) else 1
     finally:
         record_run(spark, lake, run, status)
     return code, run
@@ -126,10 +136,14 @@ def run_stage(
 def run_job(
     job: str,
     config: Config,
-    work: Callable[[SparkSession, Lakehouse, Run], Any],
+    work: Work,
     source: Callable[[Lakehouse], str] | None = None,
 ) -> tuple[int, Run, Lakehouse]:
-    """Start Spark, then :func:`run_stage`; returns the exit code, the run and the lakehouse."""
+    """Start Spark, then :func:`run_stage`; returns the exit code, the run and the lakehouse.
+
+    The jobs start with :func:`pipelines.jobs.run_main`; this is left for those not moved
+    to it yet (composites).
+    """
     from pipelines.session import build_session
 
     spark = build_session(config)

@@ -478,7 +478,7 @@ def test_landsat_scene_classified_by_a_model_trained_on_both_sensors(spark, demo
 
 
 def test_balanced_groups_split_files_by_size():
-    from pipelines.features import balanced_groups
+    from pipelines.scheduling import balanced_groups
 
     sizes = {"a": 10, "b": 9, "c": 5, "d": 4, "e": 1, "f": 1}
     groups = balanced_groups(sizes, 2)

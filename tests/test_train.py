@@ -29,25 +29,19 @@ from shapely.geometry import shape
 from pipelines.config import load_config
 from pipelines.features import features, pixel_features
 from pipelines.ingest import Run, ingest
+from pipelines.labels_io import read_labels
 from pipelines.lakehouse import Lakehouse
-from pipelines.train import (
-    feature_columns,
-    labelled_pixels,
-    main,
-    read_labels,
-    select_tiles,
-    train_model,
-)
+from pipelines.train import main, train_model
+from pipelines.training_data import feature_columns, labelled_pixels, select_tiles
 from udfs.errors import PipelineError
 from udfs.labels import LabelError, rasterize_labels
+from udfs.metrics import classification_metrics, cluster_bootstrap
 from udfs.models import (
     REQUIRED_KEYS,
     ModelError,
     RadiometryError,
     check_compatible,
     check_data,
-    classification_metrics,
-    cluster_bootstrap,
     load_bundle,
     predict_pixels,
     training_radiometry,

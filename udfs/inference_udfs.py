@@ -29,7 +29,7 @@ from udfs.tiling import encode_array
 
 #: Tile columns the classifier copies into ``predictions`` besides the pixel columns
 #: (``row_off`` / ``col_off`` also place the tile's core, for the counts).
-GEO_COLUMNS = ("crs_epsg", "transform", "bounds", "row_off", "col_off")
+PREDICTION_GEO_COLUMNS = ("crs_epsg", "transform", "bounds", "row_off", "col_off")
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def classified_rows(
             {
                 "model_id": model.model_id,
                 **{k: row[k] for k in ("scene_id", "tile_row", "tile_col", "width", "height")},
-                **{k: row[k] for k in GEO_COLUMNS},
+                **{k: row[k] for k in PREDICTION_GEO_COLUMNS},
                 "sensor": scene["sensor"],
                 "acquired_date": scene["acquired_date"],
                 "dtype": dtype.name,
@@ -126,7 +126,7 @@ def make_tile_classifier(
     masks: MaskSettings | None = None,
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """mapInArrow function: ``tiles`` rows (or their files' paths) -> classified tiles."""
-    columns = (*TILE_COLUMNS, *GEO_COLUMNS)
+    columns = (*TILE_COLUMNS, *PREDICTION_GEO_COLUMNS)
 
     def classify(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for tiles in tile_tables(batches, from_files, columns):
@@ -158,7 +158,7 @@ def make_tile_classifier_writer(
     """
     from udfs.ingest_udfs import TILE_KEYS, write_table_file
 
-    columns = (*TILE_COLUMNS, *GEO_COLUMNS)
+    columns = (*TILE_COLUMNS, *PREDICTION_GEO_COLUMNS)
     data_schema = pa.schema([f for f in predictions_schema if f.name != "model_id"])
 
     def classify(paths: Iterable[str]) -> Iterator[dict[str, Any]]:

@@ -94,12 +94,13 @@ def block_table(
     Returns
     -------
     pyarrow.Table
-        One row per tile. Band columns hold raw little-endian pixels of dtype ``dtype``
-        (DN, nodata = the sensor's nodata DN), built column-wise from the block arrays
-        (:func:`udfs.tiling.encode_tiles`); columns the sensor lacks are null, and so is
-        an optional band the product lacks (``radsat`` without ``QA_RADSAT``: the scene's
-        ``bands`` do not list it). ``valid`` marks pixels that hold data in every
-        reflectance band (role ``reflectance``; quality bands never count).
+        One row per tile. Band columns hold the tile's DNs of dtype ``dtype`` (nodata =
+        the sensor's nodata DN), encoded as :mod:`udfs.tiling` states, column-wise from
+        the block arrays (:func:`udfs.tiling.encode_tiles`); columns the sensor lacks
+        are null, and so is an optional band the product lacks (``radsat`` without
+        ``QA_RADSAT``: the scene's ``bands`` do not list it). ``valid`` marks pixels that
+        hold data in every reflectance band (role ``reflectance``; quality bands never
+        count).
     """
     sensor = SENSORS[scene["sensor"]]
     dtype = np.result_type(*[np.dtype(b["dtype"]) for b in scene["bands"]])

@@ -2,7 +2,10 @@
 
 Pure numpy + rasterio.features / shapely kernels (no pyspark, no file I/O): the training
 job (:mod:`pipelines.train`) calls the rasterizers on the executors, tile by tile, and
-:func:`assign_split` on the driver over a small (polygon, block, pixels) table.
+:func:`assign_split` on the driver over a small (polygon, block, pixels) table. Over 500
+lines on purpose: the rasterizers, the map blocks, the split and the sampling share the
+conventions and decisions stated here (polygon ids, blocks, groups), read together.
+The executors' reader around these kernels is :mod:`udfs.labelled`.
 
 Conventions
 -----------

@@ -3,6 +3,9 @@ nodata, saturation and valid DN ranges.
 
 Pure numpy kernels (no pyspark, no I/O). Every mask is a boolean array of the input's
 shape, ``(rows, cols)`` for one tile, and **True means "mask this pixel"** (exclude it).
+Over 500 lines on purpose: the SCL, QA_PIXEL, DN and dispatch kernels share the code
+tables, :class:`MaskSettings` and the definitions below; in one file the whole masking
+policy is read in one place.
 
 Four questions are kept apart so that statistics can report them separately
 (:class:`QualityMask`):

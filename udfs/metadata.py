@@ -4,7 +4,9 @@ Pure functions over text (no I/O): Sentinel-2 ``MTD_MSIL2A.xml`` / ``MTD_MSIL1C.
 Landsat Collection 2 ``*_MTL.txt`` (ODL) and ``*_MTL.json``, STAC Item properties and the
 ``tileInfo.json`` of the former AWS Sentinel-2 buckets. Reflectance scaling, the platform,
 the processing level and the processing baseline always come from here, i.e. from the
-product, with a documented rule only where the product says nothing.
+product, with a documented rule only where the product says nothing. Over 500 lines on
+purpose: one section per route (names, Sentinel-2, Landsat, STAC), all filling the one
+:class:`ProductInfo` record under the rules of the Decisions below.
 
 Decisions
 ---------

@@ -6,11 +6,15 @@ Landsat). Tile ``(r, c)`` has its *core* at rows ``[r*T, (r+1)*T)`` and columns
 the scene: edge tiles are smaller than ``T`` (never padded), so every stored pixel is a
 real pixel of the scene.
 
-Pixel encoding (one ``binary`` column per band in ``tiles``): the raw bytes of a
-C-ordered, little-endian array of shape ``(height, width)`` and dtype ``tiles.dtype``;
+Pixel encoding, the one description every table refers to (a ``binary`` value per tile
+and layer: the ``tiles`` band columns, ``predictions.classes`` and ``confidence``, the
+``composites`` layers): the raw bytes of a C-ordered, little-endian array of shape
+``(height, width)`` (the row's ``height`` and ``width``) and the row's ``dtype`` (fixed
+``uint8`` for ``predictions.confidence``, ``uint16`` for ``composites.count``);
 ``np.frombuffer(b, dtype=np.dtype(dtype).newbyteorder('<')).reshape(height, width)``
-decodes it. The ``valid`` column is ``np.packbits`` (big bit order) of the boolean
-valid-pixel mask of the same shape.
+decodes it (:func:`encode_array`, :func:`decode_array`). A boolean mask (``tiles.valid``)
+is ``np.packbits`` (big bit order) of the ``(height, width)`` array
+(:func:`encode_mask`, :func:`decode_mask`).
 """
 
 from __future__ import annotations
@@ -110,7 +114,13 @@ def plan_read_blocks(
 
 
 def core_slices(
-    tile_row: int, tile_col: int, row_off: int, col_off: int, height: int, width: int, tile_size: int
+    tile_row: int,
+    tile_col: int,
+    row_off: int,
+    col_off: int,
+    height: int,
+    width: int,
+    tile_size: int,
 ) -> tuple[slice, slice]:
     """Rows and columns of a stored tile that belong to its core (each scene pixel once).
 

@@ -13,6 +13,7 @@ from pipelines.demo.grid import CRS, MAX_SIZE, MIN_SIZE, PIXEL, X0, Y0
 from pipelines.demo.labels import write_labels
 from pipelines.demo.landsat import write_landsat
 from pipelines.demo.landscape import CLASSES, make_layout, write_landcover
+from pipelines.demo.regions import write_regions
 from pipelines.demo.scenes import select_scenes
 from pipelines.demo.sentinel2 import write_sentinel2
 from pipelines.demo.stac import write_catalog
@@ -54,6 +55,8 @@ def generate(
         classes.write_text(json.dumps({str(k): v for k, v in CLASSES.items()}, indent=2) + "\n")
         labels = out_dir / "labels.geojson"
         label_counts = write_labels(landcover, labels, seed)
+        regions = out_dir / "regions.geojson"
+        write_regions(regions, size)
         records = []
         for spec in specs:
             if spec.sensor is SENTINEL2_L2A:
@@ -73,6 +76,7 @@ def generate(
         "landcover_classes": str(classes),
         "labels": str(labels),
         "labels_per_class": label_counts,
+        "regions": str(regions),
         "catalog": str(catalog),
         "scenes_root": str(out_dir / "scenes"),
         "scene_ids": [r.spec.scene_id for r in records],

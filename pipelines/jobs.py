@@ -1,0 +1,103 @@
+"""One entry for every job: configuration -> Spark session -> run record -> work -> summary.
+
+Each job module's ``main(argv)`` parses its flags and hands :func:`run_main` two things:
+how to build its configuration, and a ``plan`` that turns the configuration into a
+:class:`Job` (what to run, and how to report it). :func:`run_main` then
+
+1. builds the configuration (a :class:`udfs.errors.ConfigError` prints
+   ``config error: ...`` and returns 2, before Spark starts);
+2. calls the plan, still before Spark starts (classify opens its model there: an error of
+   :data:`pipelines.runs.REFUSED` prints ``<job>: ...`` and returns 2, nothing written);
+3. starts the Spark session and the lakehouse;
+4. runs the job's upstream stages, if any (classify: ingest and features), each recorded
+   as its own run; the plan may refuse here too, before any stage (exit code 2);
+5. runs the job's work under a new :class:`pipelines.runs.Run`, recording it in ``runs``
+   (and its rejected inputs in ``rejected``) whatever happens
+   (:func:`pipelines.runs.run_stage`);
+6. prints the job's summary when the run succeeded and returns the exit code: 0 ok, 1 bad
+   input in strict mode or a failed run, 2 a refused configuration, model or input.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pipelines.config import Config
+from pipelines.lakehouse import Lakehouse
+from pipelines.runs import REFUSED, Run, Work, run_stage
+from udfs.errors import ConfigError, PipelineError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A recorded step before the job's own work: ``work`` runs as job ``name``."""
+
+    name: str
+    work: Work
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a job does once its configuration is valid (planned before Spark starts).
+
+    Attributes
+    ----------
+    work : callable
+        ``(spark, lake, run)``: the job itself, recorded as one run.
+    summary : callable
+        ``(run, lake) -> str``: what is printed when the run succeeded.
+    source : callable, optional
+        ``lake -> str``: the run's ``source`` (what it read); None: the default of
+        :class:`pipelines.runs.Run`.
+    upstream : callable, optional
+        ``lake -> stages`` to run first, in order; each is recorded as its own run and a
+        failing one stops the job with its exit code. It may raise an error of
+        :data:`pipelines.runs.REFUSED` to refuse the job before anything is written.
+    refused : tuple of exception types
+        Errors of ``work`` that mean exit code 2 rather than 1.
+    """
+
+    work: Work
+    summary: Callable[[Run, Lakehouse], str]
+    source: Callable[[Lakehouse], str] | None = None
+    upstream: Callable[[Lakehouse], Sequence[Stage]] | None = None
+    refused: tuple[type[PipelineError], ...] = REFUSED
+
+
+def run_main(name: str, configure: Callable[[], Config], plan: Callable[[Config], Job]) -> int:
+    """Run job ``name`` from start to summary (see the module docstring); returns the exit
+    code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        config = configure()
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        job = plan(config)
+    except REFUSED as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return 2
+    from pipelines.session import build_session
+
+    spark = build_session(config)
+    lake = Lakehouse(spark, config.storage)
+    try:
+        stages = list(job.upstream(lake)) if job.upstream else []
+    except REFUSED as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return 2
+    for stage in stages:
+        code, _ = run_stage(spark, lake, stage.name, config, stage.work, stage.source)
+        if code:
+            return code
+    source = job.source(lake) if job.source else ""
+    code, run = run_stage(spark, lake, name, config, job.work, source, job.refused)
+    if code:
+        return code
+    print(job.summary(run, lake))
+    return 0
