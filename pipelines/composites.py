@@ -39,7 +39,6 @@ import argparse
 import calendar
 import hashlib
 import json
-import logging
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,16 +51,15 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from pipelines.config import Config, load_config
 from pipelines.datamodel import COMPOSITES
+from pipelines.jobs import Job, run_main
 from pipelines.lakehouse import Lakehouse
-from pipelines.runs import ListParam, Run, phase, run_job
-from udfs.composites import GEOMETRY_COLUMNS, make_composite_builder
+from pipelines.runs import ListParam, Run, phase
+from udfs.composites import GEOMETRY_COLUMNS, PERIOD_KINDS, make_composite_builder
 from udfs.errors import ConfigError
 from udfs.masks import MaskSettings
 from udfs.sensors import BAND_COLUMNS
 
 JOB = "composites"
-
-PERIOD_KINDS = ("month", "quarter", "year")
 
 #: Version of the composite rules (masks as the features stage, reflectance, nanmedian),
 #: part of every composite's digest: rows of older rules are rebuilt.
@@ -371,28 +369,31 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.profile, [*overrides, *args.set])
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    args = parse_args(argv)
-    try:
-        config = config_from_args(args)
-        period = check_period(args.period or config.aggregate.composite_period)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-
-    def work(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
-        return composites(spark, lake, run, period)
-
-    code, run, lake = run_job(JOB, config, work, lambda lake: lake.path("tiles"))
-    if code:
-        return code
-    print(
+def summary(run: Run, lake: Lakehouse, period: str) -> str:
+    return (
         f"composites run {run.run_id} ({period}): {len(run.ingested)} (grid, period) group(s) "
         f"built, {len(run.skipped)} up to date, {run.tiles_written} composite rows written, "
         f"{len(run.rejected)} tile(s) rejected -> {lake.path('composites')}"
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def configure() -> Config:
+        config = config_from_args(args)
+        check_period(args.period or config.aggregate.composite_period)
+        return config
+
+    def plan(config: Config) -> Job:
+        period = args.period or config.aggregate.composite_period
+        return Job(
+            lambda spark, lake, run: composites(spark, lake, run, period),
+            lambda run, lake: summary(run, lake, period),
+            source=lambda lake: lake.path("tiles"),
+        )
+
+    return run_main(JOB, configure, plan)
 
 
 if __name__ == "__main__":

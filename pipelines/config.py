@@ -19,6 +19,7 @@ from typing import Any, get_args, get_type_hints
 
 import yaml
 
+from udfs.composites import PERIOD_KINDS
 from udfs.errors import ConfigError
 from udfs.masks import (
     DEFAULT_QA_FLAGS,
@@ -312,10 +313,10 @@ class AggregateConfig:
                     f"aggregate.change_from ({self.change_from}) must end before "
                     f"aggregate.change_to ({self.change_to}) starts"
                 )
-        if self.composite_period not in ("month", "quarter", "year"):
+        if self.composite_period not in PERIOD_KINDS:
             raise ConfigError(
-                "aggregate.composite_period must be month, quarter or year, "
-                f"got {self.composite_period!r}"
+                f"aggregate.composite_period must be {', '.join(PERIOD_KINDS[:-1])} or "
+                f"{PERIOD_KINDS[-1]}, got {self.composite_period!r}"
             )
 
 

@@ -150,12 +150,14 @@ def _read_geojson(path: Path, column: str):
     return geoms, names, codes if all(c is not None for c in codes) else None, crs
 
 
-def _geoparquet_crs(meta: dict, column: str) -> str:
-    crs = meta.get("columns", {}).get(column, {}).get("crs", "missing")
-    if crs == "missing":
+def _geoparquet_crs(meta: dict[str, Any], column: str) -> str | None:
+    """CRS of GeoParquet geometry ``column`` as text rasterio reads; None: ``crs: null``."""
+    spec = meta.get("columns", {}).get(column, {})
+    if "crs" not in spec:
         return "EPSG:4326"  # GeoParquet: an absent crs means OGC:CRS84 (lon/lat)
+    crs = spec["crs"]
     if crs is None:
-        raise LabelError(f"geometry column {column!r} has an undefined CRS (crs: null)")
+        return None
     ident = crs.get("id", {}) if isinstance(crs, dict) else {}
     if ident.get("authority") == "EPSG":
         return f"EPSG:{ident['code']}"
@@ -164,27 +166,41 @@ def _geoparquet_crs(meta: dict, column: str) -> str:
     return json.dumps(crs) if isinstance(crs, dict) else str(crs)
 
 
-def _read_geoparquet(path: Path, column: str):
+def read_geoparquet(path: Path, what: str, error: type[Exception]) -> tuple[pa.Table, str, str]:
+    """A GeoParquet file's table, its primary (WKB) geometry column and its CRS.
+
+    Shared by the labels (training) and regions (aggregate) readers. Messages start with
+    ``what`` and the path (``labels x.parquet: ...``) and are raised as ``error``: the file
+    is not readable Parquet, has no ``geo`` metadata, a geometry encoding other than WKB,
+    or ``crs: null``.
+    """
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as e:
-        raise LabelError(f"labels {path}: not a readable Parquet file: {e}") from e
+        raise error(f"{what} {path}: not a readable Parquet file: {e}") from e
     raw = (table.schema.metadata or {}).get(b"geo")
     if raw is None:
-        raise LabelError(f"labels {path}: no 'geo' metadata, not a GeoParquet file")
+        raise error(f"{what} {path}: no 'geo' metadata, not a GeoParquet file")
     meta = json.loads(raw)
-    geom_col = meta.get("primary_column", "geometry")
-    encoding = meta.get("columns", {}).get(geom_col, {}).get("encoding", "WKB")
-    if encoding.upper() != "WKB":
-        raise LabelError(f"labels {path}: geometry encoding {encoding!r}, only WKB is read")
+    column = meta.get("primary_column", "geometry")
+    encoding = meta.get("columns", {}).get(column, {}).get("encoding", "WKB")
+    if str(encoding).upper() != "WKB":
+        raise error(f"{what} {path}: geometry encoding {encoding!r}, only WKB is read")
+    crs = _geoparquet_crs(meta, column)
+    if crs is None:
+        raise error(
+            f"{what} {path}: the geometry column {column!r} has no CRS (crs: null, an "
+            "undefined CRS): coordinates cannot be placed on the map"
+        )
+    return table, column, crs
+
+
+def _read_geoparquet(path: Path, column: str):
+    table, geom_col, crs = read_geoparquet(path, "labels", LabelError)
     if column not in table.column_names:
         raise LabelError(
             f"labels {path}: no column {column!r} (columns: {', '.join(table.column_names)})"
         )
-    try:
-        crs = _geoparquet_crs(meta, geom_col)
-    except LabelError as e:
-        raise LabelError(f"labels {path}: {e}") from e
     wkb = table.column(geom_col).to_pylist()
     keep = [i for i, g in enumerate(wkb) if g is not None]
     geoms = list(shapely.from_wkb([wkb[i] for i in keep]))

@@ -131,22 +131,3 @@ def run_stage(
     finally:
         record_run(spark, lake, run, status)
     return code, run
-
-
-def run_job(
-    job: str,
-    config: Config,
-    work: Work,
-    source: Callable[[Lakehouse], str] | None = None,
-) -> tuple[int, Run, Lakehouse]:
-    """Start Spark, then :func:`run_stage`; returns the exit code, the run and the lakehouse.
-
-    The jobs start with :func:`pipelines.jobs.run_main`; this is left for those not moved
-    to it yet (composites).
-    """
-    from pipelines.session import build_session
-
-    spark = build_session(config)
-    lake = Lakehouse(spark, config.storage)
-    code, run = run_stage(spark, lake, job, config, work, source(lake) if source else "")
-    return code, run, lake

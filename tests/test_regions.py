@@ -13,7 +13,7 @@ import pytest
 import shapely
 from shapely.geometry import box, mapping
 
-from pipelines.aggregate import RegionsFileError, read_regions
+from pipelines.regions_io import RegionsFileError, read_regions
 from udfs.regions import (
     RegionError,
     class_counts,

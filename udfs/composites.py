@@ -47,6 +47,10 @@ from udfs.masks import MaskSettings
 from udfs.sensors import SENSORS
 from udfs.tiling import decode_array, encode_array
 
+#: Period kinds of a composite (``aggregate.composite_period``): ``month`` (``2024-06``),
+#: ``quarter`` (``2024-Q2``) or ``year`` (``2024``) of the acquisition date (UTC).
+PERIOD_KINDS = ("month", "quarter", "year")
+
 #: dtype of the composite's reflectance columns (NaN: no valid observation).
 VALUE_DTYPE = np.dtype("float32")
 #: dtype of the ``count`` column (valid observations per pixel).
