@@ -35,6 +35,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
+from pipelines.aggregate import analysis_stages
 from pipelines.config import Config, load_config
 from pipelines.datamodel import MODELS, PREDICTIONS, TABLES, TILE_PREDICTIONS
 from pipelines.discover import discover
@@ -385,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda run, lake: summary(run, lake, bundle),
             source=lambda lake: str(bundle.path),
             upstream=lambda lake: upstream(config, bundle, lake),
+            # The analysis tables of this model's maps (issue 11), each its own run.
+            downstream=lambda lake: analysis_stages(config, lake, [bundle.model_id]),
         )
 
     return run_main(JOB, lambda: config_from_args(args), plan)

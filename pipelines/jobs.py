@@ -14,8 +14,10 @@ how to build its configuration, and a ``plan`` that turns the configuration into
 5. runs the job's work under a new :class:`pipelines.runs.Run`, recording it in ``runs``
    (and its rejected inputs in ``rejected``) whatever happens
    (:func:`pipelines.runs.run_stage`);
-6. prints the job's summary when the run succeeded and returns the exit code: 0 ok, 1 bad
-   input in strict mode or a failed run, 2 a refused configuration, model or input.
+6. prints the job's summary when the run succeeded;
+7. runs the job's downstream stages, if any (classify: the analysis tables), each recorded
+   as its own run with its summary printed, and returns the exit code: 0 ok, 1 bad input in
+   strict mode or a failed run, 2 a refused configuration, model or input.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ from udfs.errors import ConfigError, PipelineError
 
 @dataclass(frozen=True)
 class Stage:
-    """A recorded step before the job's own work: ``work`` runs as job ``name``."""
+    """A recorded step before or after the job's own work: ``work`` runs as job ``name``;
+    ``summary`` (``(run, lake) -> str``), when given, is printed once it succeeded."""
 
     name: str
     work: Work
     source: str = ""
+    summary: Callable[[Run, Lakehouse], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class Job:
         :data:`pipelines.runs.REFUSED` to refuse the job before anything is written.
     refused : tuple of exception types
         Errors of ``work`` that mean exit code 2 rather than 1.
+    downstream : callable, optional
+        ``lake -> stages`` to run after the job's work succeeded, in order; each is
+        recorded as its own run and a failing one makes the job's exit code.
     """
 
     work: Work
@@ -66,6 +73,7 @@ class Job:
     source: Callable[[Lakehouse], str] | None = None
     upstream: Callable[[Lakehouse], Sequence[Stage]] | None = None
     refused: tuple[type[PipelineError], ...] = REFUSED
+    downstream: Callable[[Lakehouse], Sequence[Stage]] | None = None
 
 
 def run_main(name: str, configure: Callable[[], Config], plan: Callable[[Config], Job]) -> int:
@@ -100,4 +108,10 @@ def run_main(name: str, configure: Callable[[], Config], plan: Callable[[Config]
     if code:
         return code
     print(job.summary(run, lake))
+    for stage in job.downstream(lake) if job.downstream else []:
+        code, stage_run = run_stage(spark, lake, stage.name, config, stage.work, stage.source)
+        if code:
+            return code
+        if stage.summary:
+            print(stage.summary(stage_run, lake))
     return 0

@@ -318,9 +318,27 @@ def test_models_table_and_runs_record_the_whole_pipeline(classified, trained):
     ]
     assert m.overall_accuracy == pytest.approx(meta["metrics"]["overall_accuracy"])
     jobs = {r.job: r for r in lake.read("runs").collect()}
-    assert set(jobs) == {"ingest", "features", "classify"}
+    # classify runs the analysis tables of its maps after them (composites, aggregate).
+    assert set(jobs) == {"ingest", "features", "classify", "composites", "aggregate"}
     assert all(r.status == "succeeded" for r in jobs.values())
     assert (jobs["classify"].ingested, jobs["classify"].tiles_written) == (1, 4)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_classify_writes_class_area_equal_to_its_tile_counts(classified, trained):
+    # No regions file: the scene footprint is the region, so its class areas are the sums
+    # of the tiles' class counts (cores only), and hectares are 10 m x 10 m pixels.
+    lake, _ = classified
+    model_id = trained.metadata["model_id"]
+    counts: dict[int, int] = {}
+    for t in lake.read("tile_predictions").collect():
+        for code, n in t.class_counts.items():
+            counts[code] = counts.get(code, 0) + n
+    rows = [r for r in lake.read("class_area").collect() if r.model_id == model_id]
+    assert {r.class_code: r.pixels for r in rows} == counts
+    for r in rows:
+        assert r.hectares == pytest.approx(r.pixels * 100 / 10_000)
 
 
 @pytest.mark.spark
