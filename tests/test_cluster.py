@@ -408,7 +408,10 @@ def test_cluster_classify_maps_every_tile_like_the_model_in_one_process(spark, c
         s.scene_id: expected_tiles(s.reference) for s in scenes
     }
     jobs = sorted(r.job for r in lake.read("runs").collect())
-    assert jobs == ["classify", "features", "ingest"]  # the features run here is not recorded
+    # The features run of the training set-up is not recorded here; classify runs the
+    # analysis stages (composites, aggregate) after its maps, each its own run.
+    assert jobs == ["aggregate", "classify", "composites", "features", "ingest"]
+    assert "aggregate run" in out, out
     bundle = load_bundle(result.bundle_path)
     names = bundle.feature_names
     for p in preds:
