@@ -62,15 +62,21 @@ from typing import Any
 from pyspark.sql import SparkSession
 from rasterio.crs import CRS
 
-from pipelines.aggregate_plan import plan, regions_in_crs, resolve_models, scene_info, unit_weight
+from pipelines.aggregate_plan import (
+    plan,
+    regions_in_crs,
+    resolve_models,
+    scene_info,
+    task_groups,
+)
 from pipelines.analysis_tables import build_rows, write_tables
 from pipelines.config import Config, load_config
 from pipelines.jobs import Job, Stage, run_main
 from pipelines.lakehouse import Lakehouse
 from pipelines.regions_io import FOOTPRINT_SET, RegionSet, RegionsFileError, load_regions
 from pipelines.runs import Run, phase
-from pipelines.scheduling import balanced_groups, grouped_rdd, task_count
-from udfs.aggregate_udfs import make_region_mapper, reduce_partials
+from pipelines.scheduling import grouped_rdd, task_count
+from udfs.aggregate_udfs import combine, make_region_mapper
 from udfs.errors import ConfigError
 from udfs.regions import RegionError
 
@@ -141,23 +147,14 @@ def aggregate(
             "n_codes": {m: max(c for c, _ in codes) + 1 for m, codes in model_classes.items()},
         }
         bc = spark.sparkContext.broadcast(ctx)
-        weights = {
-            i: unit_weight(u, geoms[scenes[u.get("scene_id") or u["from"][0][0]]["crs"]])
-            for i, u in enumerate(p.units)
-        }
-        order = sorted(range(len(p.units)), key=lambda i: _unit_sort_key(p.units[i]))
-        rank = {i: k for k, i in enumerate(order)}
-        n_tasks = task_count(spark, len(p.units))
-        groups = balanced_groups({rank[i]: w for i, w in weights.items()}, n_tasks)
-        units = [[p.units[order[k]] for k in g] for g in groups]
+        # A unit costs a few ms: up to 512 a task, so the ~0.2 s a Python task costs here
+        # is paid once per core rather than per 64 units.
+        n_tasks = task_count(spark, len(p.units), max_per_task=512)
+        units = task_groups(p.units, scenes, n_tasks)
         try:
             with phase(f"aggregate {len(p.units)} tile unit(s) over {len(rset.regions)} region(s)"):
-                results = (
-                    grouped_rdd(spark, units)
-                    .mapPartitions(make_region_mapper(bc))
-                    .groupByKey(max(1, n_tasks))
-                    .map(lambda kv: reduce_partials(kv[0], kv[1]))
-                    .collect()
+                results = combine(
+                    grouped_rdd(spark, units).mapPartitions(make_region_mapper(bc)).collect()
                 )
         finally:
             bc.unpersist()
@@ -166,12 +163,6 @@ def aggregate(
         write_tables(spark, lake, rset, p, rows)
     run.tiles_written = len(p.units)
     return run
-
-
-def _unit_sort_key(u: dict[str, Any]) -> tuple:
-    files = [u.get("tiles_file") or ""] + [f for _, f in u.get("preds", [])]
-    files += [f for _, f in u.get("from", []) + u.get("to", [])]
-    return (files, u.get("scene_id") or u.get("grid"), u["tile_row"], u["tile_col"])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -17,10 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
-from urllib.parse import unquote
 
+import pyarrow.dataset as ds
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 from rasterio.crs import CRS
 from rasterio.warp import transform_geom
 from shapely.geometry import box, mapping, shape
@@ -29,6 +28,7 @@ from pipelines.config import Config, parse_period
 from pipelines.lakehouse import Lakehouse
 from pipelines.regions_io import RegionSet
 from pipelines.runs import Run
+from pipelines.scheduling import balanced_groups
 from udfs.errors import ConfigError
 from udfs.tiling import window_bounds
 
@@ -41,8 +41,8 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _crs_key(row: Any) -> str:
-    return f"EPSG:{row.crs_epsg}" if row.crs_epsg else str(row.crs_wkt)
+def _crs_key(row: dict[str, Any]) -> str:
+    return f"EPSG:{row['crs_epsg']}" if row["crs_epsg"] else str(row["crs_wkt"])
 
 
 def scene_info(lake: Lakehouse) -> dict[str, dict[str, Any]]:
@@ -50,21 +50,21 @@ def scene_info(lake: Lakehouse) -> dict[str, dict[str, Any]]:
     cols = ("scene_id", "sensor", "acquired_date", "crs_epsg", "crs_wkt", "transform", "width",
             "height", "tile_size", "overlap", "scaling", "run_id", "tiling_digest")  # fmt: skip
     out = {}
-    for r in lake.read("scenes").select(*cols).collect():
+    for r in lake.read_arrow("scenes", cols).to_pylist():
         crs = _crs_key(r)
-        out[r.scene_id] = {
-            "sensor": r.sensor,
-            "acquired_date": r.acquired_date,
-            "month": r.acquired_date.strftime("%Y-%m"),
+        out[r["scene_id"]] = {
+            "sensor": r["sensor"],
+            "acquired_date": r["acquired_date"],
+            "month": r["acquired_date"].strftime("%Y-%m"),
             "crs": crs,
-            "transform": list(r.transform),
-            "width": r.width,
-            "height": r.height,
-            "tile_size": r.tile_size,
-            "scaling": {k: [v.scale, v.offset] for k, v in (r.scaling or {}).items()},
-            "ingest": [r.run_id, r.tiling_digest],
-            "grid": f"{crs} {','.join(f'{v:g}' for v in list(r.transform)[:6])} "
-            f"{r.width}x{r.height} tile {r.tile_size}+{r.overlap}",
+            "transform": list(r["transform"]),
+            "width": r["width"],
+            "height": r["height"],
+            "tile_size": r["tile_size"],
+            "scaling": {k: [v["scale"], v["offset"]] for k, v in (r["scaling"] or [])},
+            "ingest": [r["run_id"], r["tiling_digest"]],
+            "grid": f"{crs} {','.join(f'{v:g}' for v in list(r['transform'])[:6])} "
+            f"{r['width']}x{r['height']} tile {r['tile_size']}+{r['overlap']}",
         }
     return out
 
@@ -93,21 +93,19 @@ def regions_in_crs(rset: RegionSet, crs: str, scene: dict[str, Any]) -> list[dic
     return out
 
 
-def tile_layout(lake: Lakehouse, name: str, scene_ids: list[str], model_ids=None) -> list[Any]:
-    """Key, window and file of every row of ``tiles`` / ``predictions`` of these scenes
-    (no pixel column is read)."""
-    if not scene_ids or not lake.exists(name):
+def tile_layout(
+    lake: Lakehouse, name: str, scene_ids: list[str], model_ids: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Key and file of every row of ``tiles`` / ``predictions`` of these scenes (no pixel
+    column is read)."""
+    if not scene_ids:
         return []
-    df = lake.read(name).filter(F.col("scene_id").isin(scene_ids))
-    cols = ["scene_id", "tile_row", "tile_col", "row_off", "col_off", "width", "height"]
+    where = ds.field("scene_id").isin(scene_ids)
+    cols = ["scene_id", "tile_row", "tile_col"]
     if model_ids is not None:
-        df = df.filter(F.col("model_id").isin(model_ids))
+        where = where & ds.field("model_id").isin(model_ids)
         cols.append("model_id")
-    return df.select(*cols, F.input_file_name().alias("file")).collect()
-
-
-def _local(uri: str) -> str:
-    return unquote(uri.removeprefix("file://").removeprefix("file:"))
+    return lake.read_arrow(name, cols, where, with_file=True).to_pylist()
 
 
 def core_bounds(scene: dict[str, Any], tile_row: int, tile_col: int) -> tuple[float, ...]:
@@ -132,49 +130,34 @@ def touching(bounds: Sequence[float], regions: list[dict[str, Any]]) -> list[int
 
 def resolve_models(lake: Lakehouse, choice: str) -> dict[str, list[tuple[int, str]]]:
     """model_id -> [(code, name)] of the models to aggregate (``aggregate.model``)."""
-    if not lake.exists("models"):
-        return {}
-    rows = lake.read("models").select("model_id", "classes", "registered_at").collect()
+    rows = lake.read_arrow("models", ["model_id", "classes", "registered_at"]).to_pylist()
     if choice == "latest":
-        rows = sorted(rows, key=lambda r: r.registered_at)[-1:]
+        rows = sorted(rows, key=lambda r: r["registered_at"])[-1:]
     elif choice != "all":
-        rows = [r for r in rows if r.model_id == choice]
+        rows = [r for r in rows if r["model_id"] == choice]
         if not rows:
             raise ConfigError(f"aggregate.model: no model {choice!r} in the models table")
-    return {r.model_id: [(c.code, c.name) for c in r.classes] for r in rows}
+    return {r["model_id"]: [(c["code"], c["name"]) for c in r["classes"]] for r in rows}
 
 
 def prediction_runs(lake: Lakehouse, models: list[str]) -> dict[tuple[str, str], list[str]]:
     """(model_id, scene_id) -> sorted predictions run ids, for the scenes each model mapped."""
-    if not models or not lake.exists("tile_predictions"):
+    if not models:
         return {}
-    rows = (
-        lake.read("tile_predictions")
-        .filter(F.col("model_id").isin(models))
-        .select("model_id", "scene_id", "run_id")
-        .distinct()
-        .collect()
-    )
-    out: dict[tuple[str, str], list[str]] = {}
-    for r in rows:
-        out.setdefault((r.model_id, r.scene_id), []).append(r.run_id)
+    cols = ["model_id", "scene_id", "run_id"]
+    rows = lake.read_arrow("tile_predictions", cols, ds.field("model_id").isin(models))
+    out: dict[tuple[str, str], set[str]] = {}
+    for r in rows.to_pylist():
+        out.setdefault((r["model_id"], r["scene_id"]), set()).add(r["run_id"])
     return {k: sorted(v) for k, v in out.items()}
 
 
 def stored_digests(lake: Lakehouse, name: str, rset: str, keys: Sequence[str]) -> dict:
     """key tuple -> inputs_digest of the rows of ``name`` for region set ``rset``."""
-    if not lake.exists(name):
-        return {}
-    rows = (
-        lake.read(name)
-        .filter(F.col("region_set") == rset)
-        .select(*keys, "inputs_digest")
-        .distinct()
-        .collect()
-    )
+    rows = lake.read_arrow(name, [*keys, "inputs_digest"], ds.field("region_set") == rset)
     out: dict[tuple, set[str]] = {}
-    for r in rows:
-        out.setdefault(tuple(r[k] for k in keys), set()).add(r.inputs_digest)
+    for r in rows.to_pylist():
+        out.setdefault(tuple(r[k] for k in keys), set()).add(r["inputs_digest"])
     return {k: next(iter(v)) if len(v) == 1 else None for k, v in out.items()}
 
 
@@ -288,12 +271,12 @@ def work_units(
     area_scenes = sorted({s for s, _ in p.area})
     change_scenes = sorted({s for g in p.change for s in g["from"] + g["to"]})
     models = sorted({m for _, m in p.area} | {g["model_id"] for g in p.change})
-    tiles = {(r.scene_id, r.tile_row, r.tile_col): _local(r.file)
+    tiles = {(r["scene_id"], r["tile_row"], r["tile_col"]): r["file"]
              for r in tile_layout(lake, "tiles", p.index)}  # fmt: skip
     preds: dict[tuple[str, str, int, int], str] = {}
     keys = sorted(set(area_scenes) | set(change_scenes))
     for r in tile_layout(lake, "predictions", keys, models):
-        preds[(r.model_id, r.scene_id, r.tile_row, r.tile_col)] = _local(r.file)
+        preds[(r["model_id"], r["scene_id"], r["tile_row"], r["tile_col"])] = r["file"]
     area_models: dict[str, list[str]] = {}
     for sid, m in p.area:
         area_models.setdefault(sid, []).append(m)
@@ -341,10 +324,65 @@ def work_units(
     return out
 
 
-def unit_weight(unit: dict[str, Any], geoms: list[dict[str, Any]]) -> int:
-    """Rough cost of a unit: the area of its regions' bounding boxes (+ a fixed part)."""
-    total = 0.0
-    for r in unit["regions"]:
-        b = geoms[r]["bounds"]
-        total += max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
-    return 1 + int(min(total, 1e12) ** 0.5)
+def _unit_files(u: dict[str, Any]) -> tuple[str, ...]:
+    files = [u.get("tiles_file") or ""] + [f for _, f in u.get("preds", [])]
+    return tuple(files + [f for _, f in u.get("from", []) + u.get("to", [])])
+
+
+def task_groups(
+    units: list[dict[str, Any]], scenes: dict[str, dict[str, Any]], n_tasks: int
+) -> list[list[dict[str, Any]]]:
+    """The units split into ``n_tasks`` groups of about equal cost, each region whole where
+    it can be.
+
+    Units that share a result key (a region of one sensor and month, or of one change
+    grid) form a *component*. A component goes whole to one task, which then reduces its
+    keys itself (``whole``): no shuffle, whose fixed cost (~0.7 s here) would exceed the
+    work of small regions. A component heavier than a task's fair share (a scene
+    footprint, a region covering much of the scenes) is split over the tasks; its partial
+    results are joined on the driver (:func:`udfs.aggregate_udfs.combine`). A unit costs a
+    tile read plus a burn per region; inside a task units go by component, then by file and
+    tile (a file's key index is read once per run of its units).
+    """
+    parent = list(range(len(units)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple, int] = {}
+    for i, u in enumerate(units):
+        if u.get("kind") == "change":
+            atoms = [("c", r, u["grid"], u["model_id"]) for r in u["regions"]]
+        else:
+            s = scenes[u["scene_id"]]
+            atoms = [("v", r, s["sensor"], s["month"]) for r in u["regions"]]
+        for a in atoms:
+            j = first.setdefault(a, i)
+            parent[find(i)] = find(j)
+    comps: dict[int, list[int]] = {}
+    for i in range(len(units)):
+        comps.setdefault(find(i), []).append(i)
+    cost = {c: sum(1 + len(units[i]["regions"]) for i in m) for c, m in comps.items()}
+    share = sum(cost.values()) / max(1, n_tasks)
+    items: dict[tuple[int, int], int] = {}  # (component, unit or -1 for whole) -> cost
+    for c, members in comps.items():
+        whole = cost[c] <= share or n_tasks == 1
+        for i in members:
+            units[i] = {**units[i], "component": c, "whole": whole}
+        if whole:
+            items[(c, -1)] = cost[c]
+        else:
+            items.update({(c, i): 1 + len(units[i]["regions"]) for i in members})
+    out = []
+    for group in balanced_groups(items, n_tasks):
+        idx = [i for c, u in group for i in (comps[c] if u < 0 else [u])]
+        idx.sort(key=lambda i: (units[i]["component"], _unit_key(units[i])))
+        out.append([units[i] for i in idx])
+    return out
+
+
+def _unit_key(u: dict[str, Any]) -> tuple:
+    return (_unit_files(u), u.get("scene_id") or u.get("grid"), u["tile_row"], u["tile_col"])

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import rasterio
 
 from udfs.feature_udfs import TILE_COLUMNS, _scaling, tile_core
 from udfs.features import decode_tile, reflectance_dn, reflectance_layers, tile_quality
@@ -55,22 +56,47 @@ PRED_READ_COLUMNS = (
 
 
 class FileRows:
-    """The rows of the last few Parquet files read, keyed by (scene_id, tile_row, tile_col)."""
+    """Rows of ``tiles`` / ``predictions`` Parquet files by (scene_id, tile_row, tile_col).
 
-    def __init__(self, columns: Sequence[str], keep: int = 4) -> None:
+    A file's key columns are read once; a row's other columns are read with its row group
+    only (one tile per group, :data:`udfs.ingest_udfs.TILES_PER_ROW_GROUP`), so a task
+    decodes the tiles its regions touch, not their neighbours in the same file. The last
+    ``keep`` row groups read stay cached, and the key index of the last ``4 * keep``
+    files.
+    """
+
+    KEYS = ("scene_id", "tile_row", "tile_col")
+
+    def __init__(self, columns: Sequence[str], keep: int = 8) -> None:
         self.columns = list(columns)
         self.keep = keep
-        self.files: OrderedDict[str, dict[tuple[str, int, int], dict[str, Any]]] = OrderedDict()
+        self.index: OrderedDict[str, tuple[Any, dict[tuple[str, int, int], tuple[int, int]]]]
+        self.index = OrderedDict()
+        self.groups: OrderedDict[tuple[str, int], Any] = OrderedDict()
+
+    def _index(self, path: str) -> tuple[Any, dict[tuple[str, int, int], tuple[int, int]]]:
+        if path not in self.index:
+            pf = pq.ParquetFile(path)
+            t = pf.read(columns=list(self.KEYS))
+            groups = [(rg, i) for rg in range(pf.num_row_groups)
+                      for i in range(pf.metadata.row_group(rg).num_rows)]  # fmt: skip
+            keys = zip(*(t.column(c).to_pylist() for c in self.KEYS), strict=True)
+            where = dict(zip(keys, groups, strict=True))
+            self.index[path] = (pf, where)
+            while len(self.index) > 4 * self.keep:
+                self.index.popitem(last=False)
+        return self.index[path]
 
     def get(self, path: str, key: tuple[str, int, int]) -> dict[str, Any] | None:
-        if path not in self.files:
-            table = pq.read_table(path, columns=self.columns)
-            self.files[path] = {
-                (r["scene_id"], r["tile_row"], r["tile_col"]): r for r in table.to_pylist()
-            }
-            while len(self.files) > self.keep:
-                self.files.popitem(last=False)
-        return self.files[path].get(key)
+        pf, where = self._index(path)
+        if key not in where:
+            return None
+        rg, i = where[key]
+        if (path, rg) not in self.groups:
+            self.groups[(path, rg)] = pf.read_row_group(rg, columns=self.columns)
+            while len(self.groups) > self.keep:
+                self.groups.popitem(last=False)
+        return self.groups[(path, rg)].slice(i, 1).to_pylist()[0]
 
 
 def _classes(row: Mapping[str, Any]) -> np.ndarray:
@@ -111,13 +137,13 @@ def scene_unit(
         return
     sensor = scene["sensor"]
     core = tile_core(row, scene)
-    dn = decode_tile(row, sensor)
-    masked = tile_quality(sensor, dn, ctx["masks"]).masked.ravel()
     idxs = _pixels(geoms, regions, row, core)
     union = np.unique(np.concatenate(idxs)) if idxs else np.zeros(0, np.int64)
-    sel = union[~masked[union]]
-    # Scale and combine only the regions' valid pixels (1-D): cost follows their area.
-    flat = {k: v.ravel()[sel] for k, v in reflectance_dn(sensor, dn).items()}
+    # Mask, scale and combine only the regions' pixels (1-D): cost follows their area.
+    dn = {k: v.ravel()[union] for k, v in decode_tile(row, sensor).items()}
+    keep = ~tile_quality(sensor, dn, ctx["masks"]).masked
+    sel = union[keep]
+    flat = {k: v[keep] for k, v in reflectance_dn(sensor, dn).items()}
     values = compute_indices(
         reflectance_layers(sensor, flat, _scaling(scene)), ctx["indices"], sensor
     )
@@ -178,13 +204,46 @@ def make_region_mapper(
         ctx = ctx_ref.value if hasattr(ctx_ref, "value") else ctx_ref
         tiles = FileRows(TILE_READ_COLUMNS)
         preds = FileRows(PRED_READ_COLUMNS)
-        for unit in units:
-            if unit.get("kind") == "change":
-                yield from change_unit(unit, ctx, preds)
-            else:
-                yield from scene_unit(unit, ctx, tiles, preds)
+        acc: dict[tuple, list[Any]] = {}
+        component, whole = None, True
+        with rasterio.Env():  # one GDAL environment for every burn of the task
+            for unit in units:
+                if unit.get("component") != component:
+                    yield from _flush(acc, whole)
+                    component, whole = unit.get("component"), unit.get("whole", False)
+                if unit.get("kind") == "change":
+                    parts = change_unit(unit, ctx, preds)
+                else:
+                    parts = scene_unit(unit, ctx, tiles, preds)
+                for key, part in parts:
+                    acc.setdefault(key, []).append(part)
+            yield from _flush(acc, whole)
 
     return run
+
+
+def _flush(acc: dict[tuple, list[Any]], whole: bool) -> Iterator[tuple]:
+    """Emit and forget the partials of the component just done (see :func:`combine`)."""
+    for key, parts in acc.items():
+        yield ("final", reduce_partials(key, parts)) if whole else ("partial", key, parts)
+    acc.clear()
+
+
+def combine(items: Iterable[tuple]) -> list[dict[str, Any]]:
+    """The records of every key from what the tasks emitted (driver side).
+
+    A task emits ``("final", record)`` for the keys of a component it held whole (every
+    unit of those regions was in that task) and ``("partial", key, partials)`` for the
+    keys of a component split over tasks; the partials of a key are joined here and
+    reduced once (:func:`reduce_partials`), so percentiles stay exact.
+    """
+    out, split = [], {}
+    for item in items:
+        if item[0] == "final":
+            out.append(item[1])
+        else:
+            split.setdefault(item[1], []).extend(item[2])
+    return out + [reduce_partials(k, v) for k, v in split.items()]
 
 
 def reduce_partials(key: tuple, grouped: Iterable[Any]) -> dict[str, Any]:
@@ -226,5 +285,9 @@ def reduce_partials(key: tuple, grouped: Iterable[Any]) -> dict[str, Any]:
     return {
         "key": key,
         "scenes": scenes,
-        "pooled": {k: value_statistics(np.concatenate(v)) for k, v in pooled.items()},
+        "pooled": (
+            next(iter(scenes.values()))["stats"]  # one scene: the same values
+            if len(scenes) == 1
+            else {k: value_statistics(np.concatenate(v)) for k, v in pooled.items()}
+        ),
     }

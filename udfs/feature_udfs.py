@@ -33,8 +33,8 @@ def tile_tables(
     batches: Iterable[pa.RecordBatch], from_files: bool, columns: Sequence[str]
 ) -> Iterator[pa.RecordBatch | pa.Table]:
     """Tile rows from mapInArrow input: the batches themselves, or with ``from_files`` the
-    ``columns`` of the ``tiles`` Parquet files named in a ``path`` column, read one row
-    group at a time (pixels then never pass through the JVM)."""
+    ``columns`` of the ``tiles`` Parquet files named in a ``path`` column, read a few row
+    groups at a time (pixels then never pass through the JVM)."""
     for batch in batches:
         if from_files:
             yield from file_row_groups(batch.column("path").to_pylist(), columns)
@@ -42,12 +42,29 @@ def tile_tables(
             yield batch
 
 
-def file_row_groups(paths: Iterable[str], columns: Sequence[str]) -> Iterator[pa.Table]:
-    """The ``columns`` of ``tiles`` Parquet files, one row group at a time."""
+def file_row_groups(
+    paths: Iterable[str], columns: Sequence[str], max_rows: int = 16
+) -> Iterator[pa.Table]:
+    """The ``columns`` of ``tiles`` Parquet files, in chunks of whole row groups.
+
+    Consecutive row groups of a file are read together up to ``max_rows`` rows (a chunk
+    holds at least one row group), so memory stays bounded by a few tiles while files of
+    one tile per row group (:data:`udfs.ingest_udfs.TILES_PER_ROW_GROUP`) are still
+    handled many tiles at a time.
+    """
     for path in paths:
         pf = pq.ParquetFile(path)
+        chunk: list[int] = []
+        rows = 0
         for rg in range(pf.num_row_groups):
-            yield pf.read_row_group(rg, columns=list(columns))
+            n = pf.metadata.row_group(rg).num_rows
+            if chunk and rows + n > max_rows:
+                yield pf.read_row_groups(chunk, columns=list(columns))
+                chunk, rows = [], 0
+            chunk.append(rg)
+            rows += n
+        if chunk:
+            yield pf.read_row_groups(chunk, columns=list(columns))
 
 
 def bad_tile(row: Mapping[str, Any], stage: str, error: Exception) -> dict[str, Any]:

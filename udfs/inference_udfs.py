@@ -156,7 +156,7 @@ def make_tile_classifier_writer(
     driver to commit) and one ``{"tile": row}`` per tile with the ``tile_fields`` of
     ``tile_predictions``.
     """
-    from udfs.ingest_udfs import TILE_KEYS, write_table_file
+    from udfs.ingest_udfs import TILE_KEYS, TILES_PER_ROW_GROUP, write_table_file
 
     columns = (*TILE_COLUMNS, *PREDICTION_GEO_COLUMNS)
     data_schema = pa.schema([f for f in predictions_schema if f.name != "model_id"])
@@ -168,7 +168,10 @@ def make_tile_classifier_writer(
                 continue
             table = pa.Table.from_pylist(rows, schema=data_schema)
             parts = {"model_id": model.model_id}
-            yield {"file": write_table_file(table_path, table, parts, TILE_KEYS, zstd_level)}
+            record = write_table_file(
+                table_path, table, parts, TILE_KEYS, zstd_level, TILES_PER_ROW_GROUP
+            )
+            yield {"file": record}
             for r in rows:
                 yield {"tile": {k: r[k] for k in tile_fields}}
 

@@ -34,6 +34,11 @@ from udfs.tiling import (
 
 INSPECT_SCHEMA = "scene_id string, info string, error string"
 TILE_KEYS = ("scene_id", "tile_row", "tile_col")
+#: Tiles per Parquet row group in ``tiles`` and ``predictions`` files: one, so a reader
+#: that needs a few tiles of a file (the aggregate job, for regions) decodes those tiles
+#: only, not the file's other tiles (a row group's column chunk is decompressed whole).
+#: Readers of whole files combine row groups (:func:`udfs.feature_udfs.file_row_groups`).
+TILES_PER_ROW_GROUP = 1
 
 
 def inspect_records(sources: Iterable[str]) -> list[tuple[str, str | None, str | None]]:
@@ -213,9 +218,14 @@ def write_table_file(
     partition_values: dict[str, str],
     keys: Iterable[str],
     zstd_level: int,
+    row_group_rows: int | None = None,
 ) -> dict[str, Any]:
     """Write ``table`` as one ZSTD Parquet file under ``table_path`` (Hive-style partition
-    folders) and return its :data:`FILE_SCHEMA` record (path relative to the table)."""
+    folders) and return its :data:`FILE_SCHEMA` record (path relative to the table).
+
+    ``row_group_rows``: rows per Parquet row group (None: pyarrow's default, one group
+    for a file of tiles); pixel tables pass :data:`TILES_PER_ROW_GROUP`.
+    """
     import os
     import uuid
 
@@ -226,7 +236,9 @@ def write_table_file(
     rel = f"{folder}/{name}" if folder else name
     full = f"{table_path}/{rel}"
     os.makedirs(os.path.dirname(full), exist_ok=True)
-    pq.write_table(table, full, compression="zstd", compression_level=zstd_level)
+    pq.write_table(
+        table, full, compression="zstd", compression_level=zstd_level, row_group_size=row_group_rows
+    )
     st = os.stat(full)
     return {
         "scene_id": (
@@ -279,6 +291,8 @@ def make_tile_file_writer(
                 if not table.num_rows:
                     continue
                 parts = {p: str(scene[p]) for p in partition_by}
-                yield write_table_file(table_path, table, parts, TILE_KEYS, zstd_level)
+                yield write_table_file(
+                    table_path, table, parts, TILE_KEYS, zstd_level, TILES_PER_ROW_GROUP
+                )
 
     return write_files
