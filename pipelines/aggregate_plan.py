@@ -169,6 +169,7 @@ class Plan:
     index: list[str] = field(default_factory=list)  # scenes
     months: list[tuple[str, str]] = field(default_factory=list)  # (sensor, month)
     change: list[dict[str, Any]] = field(default_factory=list)  # per (model, grid)
+    composites: list[dict[str, Any]] = field(default_factory=list)  # per (grid_id, period)
     units: list[dict[str, Any]] = field(default_factory=list)
     digests: dict[tuple, str] = field(default_factory=dict)
 
@@ -254,11 +255,81 @@ def plan(
         p.digests[("change", g["model_id"], g["grid"])] = d
         if have.get((g["model_id"], g["grid"], agg.change_from, agg.change_to)) != d:
             p.change.append(g)
-    p.units = work_units(lake, p, scenes, geoms)
+    if cfg.aggregate.composites:
+        p.composites = composite_groups(lake, rset, cfg, scenes, feats)
+    p.units = work_units(lake, p, scenes, geoms) + composite_units(p.composites, scenes, geoms)
     run.seen = len(scenes)
     run.ingested = sorted({s for s, _ in p.area} | set(p.index))
     run.skipped = sorted(set(scenes) - set(run.ingested))
     return p
+
+
+#: ``composites`` columns the plan reads (no pixel column).
+COMPOSITE_PLAN_COLUMNS = (
+    *("grid_id", "period", "period_kind", "period_start", "period_end", "sensor"),
+    *("tile_row", "tile_col", "scene_ids", "composite_digest"),
+)
+
+
+def composite_groups(
+    lake: Lakehouse,
+    rset: RegionSet,
+    cfg: Config,
+    scenes: dict[str, dict[str, Any]],
+    feats: str,
+) -> list[dict[str, Any]]:
+    """The (grid, period) composites of ``aggregate.composite_period`` whose
+    ``composite_index`` rows are missing or stale, each with its tiles and files.
+
+    A group's digest holds the regions, the feature settings and the digests of its
+    composite tiles (which change with any scene of the period, see
+    :mod:`pipelines.composites`). The grid's geometry (CRS key, transform, tiling) is the
+    one of its first scene; a group whose scenes are gone from ``scenes`` is left out.
+    """
+    kind = cfg.aggregate.composite_period
+    rows = lake.read_arrow(
+        "composites", COMPOSITE_PLAN_COLUMNS, ds.field("period_kind") == kind, with_file=True
+    ).to_pylist()
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        g = groups.setdefault((r["grid_id"], r["period"]), {
+            "grid_id": r["grid_id"], "period": r["period"], "period_kind": kind,
+            "period_start": r["period_start"], "period_end": r["period_end"],
+            "sensor": r["sensor"], "scene_ids": set(), "digests": set(), "tiles": [],
+        })  # fmt: skip
+        g["scene_ids"].update(r["scene_ids"])
+        g["digests"].add(r["composite_digest"])
+        g["tiles"].append((r["tile_row"], r["tile_col"], r["file"]))
+    have = stored_digests(lake, "composite_index", rset.name, ["grid_id", "period"])
+    out = []
+    for key, g in sorted(groups.items()):
+        members = sorted(g.pop("scene_ids"))
+        if not members or any(sid not in scenes for sid in members):
+            continue  # composites of scenes no longer in the table: rebuilt by composites
+        g["scene"] = members[0]
+        g["n_scenes"] = len(members)
+        g["digest"] = _digest("composite", rset.digest, feats, sorted(g.pop("digests")))
+        if have.get(key) != g["digest"]:
+            out.append(g)
+    return out
+
+
+def composite_units(
+    groups: list[dict[str, Any]],
+    scenes: dict[str, dict[str, Any]],
+    geoms: dict[str, list[dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """One unit per composite tile that some region touches (others pruned)."""
+    out = []
+    for g in groups:
+        scene = scenes[g["scene"]]
+        for tr, tc, path in sorted(g["tiles"]):
+            regs = touching(core_bounds(scene, tr, tc), geoms[scene["crs"]])
+            if regs:
+                out.append({"kind": "composite", "grid_id": g["grid_id"], "period": g["period"],
+                            "scene": g["scene"], "tile_row": tr, "tile_col": tc,
+                            "regions": regs, "composite_file": path})  # fmt: skip
+    return out
 
 
 def work_units(
@@ -325,7 +396,8 @@ def work_units(
 
 
 def _unit_files(u: dict[str, Any]) -> tuple[str, ...]:
-    files = [u.get("tiles_file") or ""] + [f for _, f in u.get("preds", [])]
+    files = [u.get("tiles_file") or u.get("composite_file") or ""]
+    files += [f for _, f in u.get("preds", [])]
     return tuple(files + [f for _, f in u.get("from", []) + u.get("to", [])])
 
 
@@ -356,6 +428,8 @@ def task_groups(
     for i, u in enumerate(units):
         if u.get("kind") == "change":
             atoms = [("c", r, u["grid"], u["model_id"]) for r in u["regions"]]
+        elif u.get("kind") == "composite":
+            atoms = [("k", r, u["grid_id"], u["period"]) for r in u["regions"]]
         else:
             s = scenes[u["scene_id"]]
             atoms = [("v", r, s["sensor"], s["month"]) for r in u["regions"]]
@@ -385,4 +459,5 @@ def task_groups(
 
 
 def _unit_key(u: dict[str, Any]) -> tuple:
-    return (_unit_files(u), u.get("scene_id") or u.get("grid"), u["tile_row"], u["tile_col"])
+    place = u.get("scene_id") or u.get("grid") or u.get("grid_id")
+    return (_unit_files(u), place, u.get("period", ""), u["tile_row"], u["tile_col"])

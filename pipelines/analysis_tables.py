@@ -50,11 +50,12 @@ def build_rows(
     geoms: dict[str, list[dict[str, Any]]],
     results: list[dict[str, Any]],
 ) -> dict[str, list[dict[str, Any]]]:
-    """Rows of the four tables: every region x scene (x model x class), zeros included."""
+    """Rows of the analysis tables: every region x scene (x model x class) and every
+    region x composite (grid, period), zeros included."""
     by_key = {r["key"]: r for r in results}
     cfg = run.config
-    out: dict[str, list[dict[str, Any]]] = {n: [] for n in ("class_area", "index_timeseries",
-                                                            "index_monthly", "change")}  # fmt: skip
+    names = ("class_area", "index_timeseries", "index_monthly", "change", "composite_index")
+    out: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     base = {"region_set": rset.name, "regions_digest": rset.digest, "run_id": run.run_id}
 
     def region(i: int, scene: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +137,41 @@ def build_rows(
                         "scenes": len(members),
                         **_stats((rec or {}).get("pooled", {}).get(name)),
                         "inputs_digest": p.digests[("month", sensor, month)],
+                    }
+                )
+    for g in p.composites:
+        s = scenes[g["scene"]]
+        px = pixel_area_m2(s["transform"])
+        cid = f"{g['grid_id']}/{g['period']}"
+        for i in range(len(rset.regions)):
+            rec = by_key.get(("cvalues", i, g["grid_id"], g["period"]))
+            sc = (rec or {}).get("scenes", {}).get(cid)
+            head = region(i, s)
+            valid = sc["valid_pixels"] if sc else 0
+            for name in indices:
+                out["composite_index"].append(
+                    {
+                        **head,
+                        **{
+                            k: g[k]
+                            for k in (
+                                "grid_id",
+                                "period",
+                                "period_kind",
+                                "period_start",
+                                "period_end",
+                                "sensor",
+                            )
+                        },  # fmt: skip
+                        "index": name,
+                        **_stats(sc["stats"].get(name) if sc else None),
+                        "grid_pixels": sc["grid_pixels"] if sc else 0,
+                        "valid_pixels": valid,
+                        "unobserved_fraction": _unobserved(
+                            valid * px, head["region_hectares"] * 1e4
+                        ),
+                        "n_scenes": g["n_scenes"],
+                        "inputs_digest": g["digest"],
                     }
                 )
     agg = cfg.aggregate
@@ -224,3 +260,9 @@ def write_tables(
             for g in p.change
         )
         replace_rows(spark, lake, "change", f"{rs} AND ({where})", rows["change"])
+    if p.composites:
+        where = " OR ".join(
+            f"(grid_id = {_sql_list([g['grid_id']])} AND period = {_sql_list([g['period']])})"
+            for g in p.composites
+        )
+        replace_rows(spark, lake, "composite_index", f"{rs} AND ({where})", rows["composite_index"])

@@ -37,9 +37,10 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from udfs.composites import COMPOSITE_BANDS as COMPOSITE_BANDS  # defined with its kernel
 from udfs.inference import NODATA_CLASS as NODATA_CLASS  # one definition, re-exported
 from udfs.inference import NODATA_CONFIDENCE as NODATA_CONFIDENCE
-from udfs.sensors import BAND_COLUMNS, SENSORS
+from udfs.sensors import BAND_COLUMNS
 
 
 def _f(name: str, typ, nullable: bool = True) -> StructField:
@@ -264,14 +265,6 @@ MODELS = StructType(
 )
 
 
-#: Reflectance band columns of ``composites``: every sensor's reflectance bands, in
-#: ``tiles`` order (no quality columns: a composite has no ``qa``).
-COMPOSITE_BANDS = tuple(
-    c
-    for c in BAND_COLUMNS
-    if any(b.common == c for s in SENSORS.values() for b in s.reflectance_bands)
-)
-
 COMPOSITES = StructType(
     [
         # key: grid, period, tile. grid_id digests sensor, CRS, scene transform and size,
@@ -380,6 +373,27 @@ INDEX_MONTHLY = StructType(
     ]
 )
 
+# index_timeseries on the composites (aggregate.composites): one row per region, grid,
+# period and index, from the per-pixel median reflectance of the period (cloud-free)
+COMPOSITE_INDEX = StructType(
+    [
+        *REGION_KEY_FIELDS,
+        _f("grid_id", StringType(), False),  # composites.grid_id
+        _f("period", StringType(), False),  # composites.period (2024-06, 2024-Q2, 2024)
+        _f("period_kind", StringType(), False),  # month | quarter | year
+        _f("period_start", DateType(), False),
+        _f("period_end", DateType(), False),
+        _f("sensor", StringType(), False),
+        _f("index", StringType(), False),  # lower-case index name (ndvi)
+        *_VALUE_STATS,  # over the region's composite pixels with a finite index
+        _f("grid_pixels", LongType(), False),  # region pixels on the grid
+        _f("valid_pixels", LongType(), False),  # of them with >= 1 valid observation
+        _f("unobserved_fraction", DoubleType(), False),  # 1 - valid area / region area
+        _f("n_scenes", IntegerType(), False),  # scenes in the period's composite
+        *_AGG_TRAILER,
+    ]
+)
+
 CHANGE = StructType(
     [
         *REGION_KEY_FIELDS,
@@ -444,6 +458,11 @@ TABLES = {
             "index_monthly",
             INDEX_MONTHLY,
             ("region_set", "region_id", "sensor", "month", "index"),
+        ),
+        Table(
+            "composite_index",
+            COMPOSITE_INDEX,
+            ("region_set", "region_id", "grid_id", "period", "index"),
         ),
         Table(
             "change",

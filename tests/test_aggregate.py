@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import shapely
 from model_factory import tiny_metadata
 from rasterio.features import rasterize
 from rasterio.warp import transform_geom
-from reference import demo_landsat_scene, demo_s2_scene, one_file
+from reference import demo_landsat_scene, demo_s2_scene, one_file, textbook_indices
 from shapely.geometry import Polygon, box, shape
 
 from pipelines.aggregate import aggregate
@@ -381,3 +382,53 @@ def test_without_a_regions_file_each_scene_footprint_is_the_region(spark, agg):
     assert set(ca.region_id) == {"scene"}
     ts = lake.read("index_timeseries").filter("region_set = 'scene'").toPandas()
     assert len(ts) == 3 * 8 and (ts.valid_pixels > 0).all()
+
+
+@pytest.fixture(scope="module")
+def comp(spark, agg):
+    """Yearly composites of the lake, then the analysis tables on them (twice)."""
+    from pipelines.composites import composites
+
+    lake = agg["lake"]
+    cfg = load_config("local", [f"storage.root={lake.root}", f"aggregate.regions={agg['regions']}",
+                                "aggregate.composite_period=year"])  # fmt: skip
+    assert run_stage(spark, lake, "composites", cfg, composites)[0] == 0
+    assert run_stage(spark, lake, "aggregate", cfg, aggregate)[0] == 0
+    first = lake.read("composite_index").toPandas()
+    assert run_stage(spark, lake, "aggregate", cfg, aggregate)[0] == 0
+    return first, lake.read("composite_index").toPandas()
+
+
+def test_index_statistics_on_composites_equal_a_numpy_nanmedian_reference(comp, refs):
+    ci, again = comp
+    # One Sentinel-2 grid (June + August: one 2024 composite) and one Landsat grid.
+    assert set(zip(ci.sensor, ci.period, ci.n_scenes, strict=True)) == {
+        ("sentinel2-l2a", "2024", 2), ("landsat-c2l2", "2024", 1)}  # fmt: skip
+    assert len(ci) == 2 * 5 * 8 and set(ci.period_kind) == {"year"}
+    assert len(again) == len(ci) and set(again.run_id) == set(ci.run_id)  # re-run: nothing new
+    june, august = refs[JUNE]["scene"], refs[AUGUST]["scene"]
+    median = {}
+    for band in june.refl:
+        stack = np.stack([np.where(s.masked, np.nan, s.refl[band]) for s in (june, august)])
+        with warnings.catch_warnings():  # all-NaN pixels: NaN, as wanted
+            warnings.simplefilter("ignore", RuntimeWarning)
+            median[band] = np.nanmedian(stack, axis=0).astype(np.float32)
+    seen = ~(june.masked & august.masked)
+    indices = textbook_indices(median, june.nir)
+    s2 = ci[ci.sensor == "sentinel2-l2a"]
+    checked = 0
+    for rid, (mask, _, _) in refs[JUNE]["masks"].items():
+        for name, arr in indices.items():
+            (row,) = s2[(s2.region_id == rid) & (s2["index"] == name)].itertuples()
+            assert row.grid_pixels == int(mask.sum()), (rid, name)
+            assert row.valid_pixels == int((mask & seen).sum()), (rid, name)
+            want = stats(arr[mask & seen])
+            assert row.count == want["count"], (rid, name)
+            for k in ("mean", "std", "p10", "p50", "p90"):
+                if want["count"]:
+                    assert getattr(row, k) == pytest.approx(want[k], rel=1e-5, abs=1e-6)
+            checked += want["count"] > 0
+    assert checked >= 8 * 3
+    outside = s2[s2.region_id == "elsewhere"]
+    assert len(outside) == 8 and (outside.grid_pixels == 0).all()
+    assert (outside.unobserved_fraction == 1).all() and (outside["count"] == 0).all()

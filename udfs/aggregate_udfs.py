@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import rasterio
 
+from udfs.composites import COMPOSITE_BANDS, decode_composite
 from udfs.feature_udfs import TILE_COLUMNS, _scaling, tile_core
 from udfs.features import decode_tile, reflectance_dn, reflectance_layers, tile_quality
 from udfs.indices import compute_indices
@@ -40,6 +41,11 @@ from udfs.tiling import decode_array
 
 #: ``tiles`` columns the workers read (pixels + the tile's place in the scene grid).
 TILE_READ_COLUMNS = (*TILE_COLUMNS, "row_off", "col_off", "transform")
+#: Key of a ``composites`` row.
+COMPOSITE_KEYS = ("grid_id", "period", "tile_row", "tile_col")
+#: ``composites`` columns the workers read.
+COMPOSITE_READ_COLUMNS = (*COMPOSITE_KEYS, "sensor", "width", "height", "dtype", "transform",
+                          "row_off", "col_off", "count", *COMPOSITE_BANDS)  # fmt: skip
 #: ``predictions`` columns the workers read.
 PRED_READ_COLUMNS = (
     "scene_id",
@@ -56,7 +62,9 @@ PRED_READ_COLUMNS = (
 
 
 class FileRows:
-    """Rows of ``tiles`` / ``predictions`` Parquet files by (scene_id, tile_row, tile_col).
+    """Rows of ``tiles`` / ``predictions`` / ``composites`` Parquet files by their key
+    (``keys``: scene_id, tile_row, tile_col; for composites grid_id, period, tile_row,
+    tile_col).
 
     A file's key columns are read once; a row's other columns are read with its row group
     only (one tile per group, :data:`udfs.ingest_udfs.TILES_PER_ROW_GROUP`), so a task
@@ -65,10 +73,14 @@ class FileRows:
     files.
     """
 
-    KEYS = ("scene_id", "tile_row", "tile_col")
-
-    def __init__(self, columns: Sequence[str], keep: int = 8) -> None:
+    def __init__(
+        self,
+        columns: Sequence[str],
+        keep: int = 8,
+        keys: Sequence[str] = ("scene_id", "tile_row", "tile_col"),
+    ) -> None:
         self.columns = list(columns)
+        self.keys = tuple(keys)
         self.keep = keep
         self.index: OrderedDict[str, tuple[Any, dict[tuple[str, int, int], tuple[int, int]]]]
         self.index = OrderedDict()
@@ -77,10 +89,10 @@ class FileRows:
     def _index(self, path: str) -> tuple[Any, dict[tuple[str, int, int], tuple[int, int]]]:
         if path not in self.index:
             pf = pq.ParquetFile(path)
-            t = pf.read(columns=list(self.KEYS))
+            t = pf.read(columns=list(self.keys))
             groups = [(rg, i) for rg in range(pf.num_row_groups)
                       for i in range(pf.metadata.row_group(rg).num_rows)]  # fmt: skip
-            keys = zip(*(t.column(c).to_pylist() for c in self.KEYS), strict=True)
+            keys = zip(*(t.column(c).to_pylist() for c in self.keys), strict=True)
             where = dict(zip(keys, groups, strict=True))
             self.index[path] = (pf, where)
             while len(self.index) > 4 * self.keep:
@@ -148,16 +160,53 @@ def scene_unit(
         reflectance_layers(sensor, flat, _scaling(scene)), ctx["indices"], sensor
     )
     for r, idx in zip(regions, idxs, strict=True):
-        pos = np.searchsorted(sel, idx)
-        ok = pos < len(sel)
-        ok[ok] = sel[pos[ok]] == idx[ok]
-        pos = pos[ok]
-        per_index = {}
-        for name, v in values.items():
-            x = v[pos]
-            per_index[name.lower()] = x[np.isfinite(x)]
-        part = (sid, len(idx), int(ok.sum()), per_index)
-        yield ("values", r, sensor, scene["month"]), [part]
+        yield ("values", r, sensor, scene["month"]), [_region_values(sid, sel, idx, values)]
+
+
+def composite_unit(
+    unit: Mapping[str, Any], ctx: Mapping[str, Any], comps: FileRows
+) -> Iterator[tuple[tuple, Any]]:
+    """Index values of one composite tile (grid, period) in each region it touches.
+
+    A pixel is valid where the composite has at least one valid observation (``count``
+    > 0); indices come from the median reflectance with the policy of
+    :mod:`udfs.indices` (NaN where undefined, left out).
+    """
+    key = (unit["grid_id"], unit["period"], unit["tile_row"], unit["tile_col"])
+    row = comps.get(unit["composite_file"], key)
+    if row is None:
+        return
+    scene = ctx["scenes"][unit["scene"]]
+    geoms = ctx["regions"][scene["crs"]]
+    idxs = _pixels(geoms, unit["regions"], row, tile_core(row, scene))
+    union = np.unique(np.concatenate(idxs)) if idxs else np.zeros(0, np.int64)
+    comp = decode_composite(row)
+    keep = comp.count.ravel()[union] > 0
+    sel = union[keep]
+    refl = {k: v.ravel()[sel] for k, v in comp.bands.items()}
+    values = compute_indices(refl, ctx["indices"], row["sensor"])
+    cid = f"{unit['grid_id']}/{unit['period']}"
+    for r, idx in zip(unit["regions"], idxs, strict=True):
+        yield (
+            ("cvalues", r, unit["grid_id"], unit["period"]),
+            [_region_values(cid, sel, idx, values)],
+        )
+
+
+def _region_values(
+    sid: str, sel: np.ndarray, idx: np.ndarray, values: Mapping[str, np.ndarray]
+) -> tuple[str, int, int, dict[str, np.ndarray]]:
+    """One region's partial: (scene or composite id, grid pixels, valid pixels, {index:
+    finite values}); ``values`` hold the indices at the sorted valid pixels ``sel``."""
+    pos = np.searchsorted(sel, idx)
+    ok = pos < len(sel)
+    ok[ok] = sel[pos[ok]] == idx[ok]
+    pos = pos[ok]
+    per_index = {}
+    for name, v in values.items():
+        x = v[pos]
+        per_index[name.lower()] = x[np.isfinite(x)]
+    return (sid, len(idx), int(ok.sum()), per_index)
 
 
 def change_unit(
@@ -204,6 +253,7 @@ def make_region_mapper(
         ctx = ctx_ref.value if hasattr(ctx_ref, "value") else ctx_ref
         tiles = FileRows(TILE_READ_COLUMNS)
         preds = FileRows(PRED_READ_COLUMNS)
+        comps = FileRows(COMPOSITE_READ_COLUMNS, keys=COMPOSITE_KEYS)
         acc: dict[tuple, list[Any]] = {}
         component, whole = None, True
         with rasterio.Env():  # one GDAL environment for every burn of the task
@@ -213,6 +263,8 @@ def make_region_mapper(
                     component, whole = unit.get("component"), unit.get("whole", False)
                 if unit.get("kind") == "change":
                     parts = change_unit(unit, ctx, preds)
+                elif unit.get("kind") == "composite":
+                    parts = composite_unit(unit, ctx, comps)
                 else:
                     parts = scene_unit(unit, ctx, tiles, preds)
                 for key, part in parts:
@@ -249,7 +301,8 @@ def combine(items: Iterable[tuple]) -> list[dict[str, Any]]:
 def reduce_partials(key: tuple, grouped: Iterable[Any]) -> dict[str, Any]:
     """The partials of one key (grouped by Spark) combined into a plain record.
 
-    ``area`` and ``change`` partials are summed. ``values`` keys get statistics per scene
+    ``area`` and ``change`` partials are summed. ``values`` (and ``cvalues``: composites,
+    one "scene" per grid and period) keys get statistics per scene
     (``scenes``: scene_id -> grid pixels, valid pixels, {index: stats}) and for the whole
     group (``pooled``: {index: stats}), each from all its values at once, so percentiles
     are exact.

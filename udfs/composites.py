@@ -44,12 +44,20 @@ import pyarrow as pa
 
 from udfs.features import TileDataError, decode_tile, reflectance_layers, tile_quality
 from udfs.masks import MaskSettings
-from udfs.sensors import SENSORS
+from udfs.sensors import BAND_COLUMNS, SENSORS
 from udfs.tiling import decode_array, encode_array
 
 #: Period kinds of a composite (``aggregate.composite_period``): ``month`` (``2024-06``),
 #: ``quarter`` (``2024-Q2``) or ``year`` (``2024``) of the acquisition date (UTC).
 PERIOD_KINDS = ("month", "quarter", "year")
+
+#: Reflectance band columns of ``composites``: every sensor's reflectance bands, in
+#: ``tiles`` order (no quality columns: a composite has no ``qa``).
+COMPOSITE_BANDS = tuple(
+    c
+    for c in BAND_COLUMNS
+    if any(b.common == c for s in SENSORS.values() for b in s.reflectance_bands)
+)
 
 #: dtype of the composite's reflectance columns (NaN: no valid observation).
 VALUE_DTYPE = np.dtype("float32")
