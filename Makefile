@@ -22,7 +22,11 @@ demo: setup
 	$(PY) -m pipelines.demo --out data/demo --size $(DEMO_SIZE)
 	$(PY) -m pipelines.ingest --profile local
 	$(PY) -m pipelines.features --profile local
-	test -n "$$(ls output/models/*/metadata.json 2>/dev/null)" || $(PY) -m pipelines.train --profile local
+	@if ls output/models/*/metadata.json >/dev/null 2>&1; then \
+		echo "train: skipped, a model bundle is already under $(CURDIR)/output/models (classify uses the newest; \`$(PY) -m pipelines.train\` trains another)"; \
+	else echo "$(PY) -m pipelines.train --profile local"; $(PY) -m pipelines.train --profile local; fi
+	@# spark-submit reads spark-defaults.conf: name the jars Ivy resolved by now (no Ivy run).
+	@$(PY) -c "from pipelines.session import write_spark_defaults as w; w()"
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" spark-submit pipelines/classify.py
 	$(PY) -m pipelines.aggregate --profile local --regions data/demo/regions.geojson \
 		--set aggregate.change_from=2024-06 --set aggregate.change_to=2024-08

@@ -73,6 +73,7 @@ from pipelines.analysis_tables import build_rows, write_tables
 from pipelines.config import Config, load_config
 from pipelines.jobs import Job, Stage, run_main
 from pipelines.lakehouse import Lakehouse
+from pipelines.preflight import require_file, require_tiles, row_count, table_exists
 from pipelines.regions_io import FOOTPRINT_SET, RegionSet, RegionsFileError, load_regions
 from pipelines.runs import Run, phase
 from pipelines.scheduling import grouped_rdd, task_count
@@ -171,6 +172,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--root", help="table root folder (storage.root)")
     p.add_argument("--regions", help="regions file (aggregate.regions)")
     p.add_argument("--model", help="latest | a model id | all (aggregate.model)")
+    p.add_argument(
+        "--verbose", "-v", action="store_true", help="phase timings, Spark warnings, Ivy output"
+    )
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return p.parse_args(argv)
 
@@ -192,9 +196,9 @@ def summary(run: Run, lake: Lakehouse) -> str:
     ]
     for r in run.rejected:
         lines.append(f"  rejected: {r['reason']}")
-    for name in ("class_area", "index_timeseries", "index_monthly", "change"):
-        if lake.exists(name):
-            lines.append(f"  {name:<17} {lake.read(name).count():>7} rows  {lake.path(name)}")
+    for name in ("class_area", "index_timeseries", "index_monthly", "change", "composite_index"):
+        if table_exists(lake, name):  # counts from the Delta log: no Spark job
+            lines.append(f"  {name:<17} {row_count(lake, name):>7} rows  {lake.path(name)}")
     return "\n".join(lines)
 
 
@@ -227,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
 
     def plan(config: Config) -> Job:
+        # Usage problems stop here (exit code 2), before Spark starts: nothing written.
+        require_tiles(config, JOB)
+        require_file(config.aggregate.regions, "regions", "--regions")
         return Job(
             aggregate,
             summary,
@@ -234,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             upstream=lambda lake: composite_stages(config, lake),
         )
 
-    return run_main(JOB, lambda: config_from_args(args), plan)
+    return run_main(JOB, lambda: config_from_args(args), plan, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from pipelines.config import Config, load_config
 from pipelines.datamodel import COMPOSITES
 from pipelines.jobs import Job, run_main
 from pipelines.lakehouse import Lakehouse
+from pipelines.preflight import require_tiles
 from pipelines.runs import ListParam, Run, phase
 from udfs.composites import GEOMETRY_COLUMNS, PERIOD_KINDS, make_composite_builder
 from udfs.errors import ConfigError
@@ -213,26 +214,32 @@ def plan_groups(
 
 def stored_digests(lake: Lakehouse, kind: str) -> dict[Group, set[str]]:
     """(grid_id, period) -> digests of the stored ``composites`` rows of this period kind."""
-    if not lake.exists("composites"):
-        return {}
-    rows = (
-        lake.read("composites")
-        .filter(F.col("period_kind") == kind)
-        .select("grid_id", "period", "composite_digest")
-        .distinct()
-        .collect()
-    )
+    cols = ["grid_id", "period", "composite_digest"]
+    if lake.local:  # the table's log and small columns, no Spark query (~1 s each here)
+        import pyarrow.dataset as ds
+
+        rows = lake.read_arrow("composites", cols, ds.field("period_kind") == kind).to_pylist()
+    elif lake.exists("composites"):
+        df = lake.read("composites").filter(F.col("period_kind") == kind).select(*cols)
+        rows = [r.asDict() for r in df.distinct().collect()]
+    else:
+        rows = []
     out: dict[Group, set[str]] = {}
     for r in rows:
-        out.setdefault((r.grid_id, r.period), set()).add(r.composite_digest)
+        out.setdefault((r["grid_id"], r["period"]), set()).add(r["composite_digest"])
     return out
 
 
 def plan_composites(lake: Lakehouse, kind: str, masks: MaskSettings) -> CompositePlan:
     """:func:`plan_groups` over the ``scenes`` table and the stored composites."""
-    scenes = [r.asDict() for r in lake.read("scenes").select(*SCENE_COLUMNS).collect()]
-    for s in scenes:
-        s["scaling"] = {k: (v.scale, v.offset) for k, v in (s["scaling"] or {}).items()}
+    if lake.local:
+        scenes = lake.read_arrow("scenes", SCENE_COLUMNS).to_pylist()
+        for s in scenes:  # Arrow gives a map as (key, value) pairs, a struct as a dict
+            s["scaling"] = {k: (v["scale"], v["offset"]) for k, v in s["scaling"] or []}
+    else:
+        scenes = [r.asDict() for r in lake.read("scenes").select(*SCENE_COLUMNS).collect()]
+        for s in scenes:
+            s["scaling"] = {k: (v.scale, v.offset) for k, v in (s["scaling"] or {}).items()}
     return plan_groups(scenes, stored_digests(lake, kind), kind, masks)
 
 
@@ -361,6 +368,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--period", choices=PERIOD_KINDS, help="period kind (default aggregate.composite_period)"
     )
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument(
+        "--verbose", "-v", action="store_true", help="phase timings, Spark warnings, Ivy output"
+    )
     return p.parse_args(argv)
 
 
@@ -387,13 +397,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def plan(config: Config) -> Job:
         period = args.period or config.aggregate.composite_period
+        require_tiles(config, JOB)  # an empty root stops here (exit code 2), nothing written
         return Job(
             lambda spark, lake, run: composites(spark, lake, run, period),
             lambda run, lake: summary(run, lake, period),
             source=lambda lake: lake.path("tiles"),
         )
 
-    return run_main(JOB, configure, plan)
+    return run_main(JOB, configure, plan, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,14 @@ how to build its configuration, and a ``plan`` that turns the configuration into
 
 1. builds the configuration (a :class:`udfs.errors.ConfigError` prints
    ``config error: ...`` and returns 2, before Spark starts);
-2. calls the plan, still before Spark starts (classify opens its model there: an error of
-   :data:`pipelines.runs.REFUSED` prints ``<job>: ...`` and returns 2, nothing written);
-3. starts the Spark session and the lakehouse;
+2. calls the plan, still before Spark starts: the checks of :mod:`pipelines.preflight`
+   (a source that does not exist, a root without the tables the job needs, a model that
+   does not fit the data) and classify's model; an error of
+   :data:`pipelines.runs.REFUSED` prints ``<job>: ...`` and returns 2, nothing written;
+   when the job's ``settled`` check finds nothing to do (local Delta tables), the run is
+   recorded with delta-rs and its summary printed without starting Spark at all;
+3. starts the Spark session (quiet unless ``verbose``, see :mod:`pipelines.session`) and
+   the lakehouse;
 4. runs the job's upstream stages, if any (classify: ingest and features), each recorded
    as its own run; the plan may refuse here too, before any stage (exit code 2);
 5. runs the job's work under a new :class:`pipelines.runs.Run`, recording it in ``runs``
@@ -29,7 +34,8 @@ from dataclasses import dataclass
 
 from pipelines.config import Config
 from pipelines.lakehouse import Lakehouse
-from pipelines.runs import REFUSED, Run, Work, run_stage
+from pipelines.preflight import driver_lake, spark_free
+from pipelines.runs import REFUSED, Run, Work, record_run_arrow, run_stage
 from udfs.errors import ConfigError, PipelineError
 
 
@@ -66,6 +72,11 @@ class Job:
     downstream : callable, optional
         ``lake -> stages`` to run after the job's work succeeded, in order; each is
         recorded as its own run and a failing one makes the job's exit code.
+    settled : callable, optional
+        ``(run, lake) -> bool``: True when there is nothing to do, decided from the small
+        tables' metadata only (:mod:`pipelines.preflight`), with the run's accounting
+        filled. Tried before Spark starts on local Delta tables (with ``summary`` it must
+        then need no Spark either), for jobs without upstream or downstream stages.
     """
 
     work: Work
@@ -74,12 +85,29 @@ class Job:
     upstream: Callable[[Lakehouse], Sequence[Stage]] | None = None
     refused: tuple[type[PipelineError], ...] = REFUSED
     downstream: Callable[[Lakehouse], Sequence[Stage]] | None = None
+    settled: Callable[[Run, Lakehouse], bool] | None = None
 
 
-def run_main(name: str, configure: Callable[[], Config], plan: Callable[[Config], Job]) -> int:
+def run_main(
+    name: str,
+    configure: Callable[[], Config],
+    plan: Callable[[Config], Job],
+    verbose: bool = False,
+) -> int:
     """Run job ``name`` from start to summary (see the module docstring); returns the exit
-    code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    code: 0 did what was asked (also: nothing new), 1 an input rejected with ``--strict``
+    or a failed run, 2 a usage or configuration problem (nothing written).
+
+    ``verbose`` (the jobs' ``--verbose``): phase timings, Spark's warnings and dependency
+    resolution on the console; without it only decisions, progress and the summary.
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s",
+    )
+    if not verbose:
+        # py4j logs every connection it opens and closes at INFO.
+        logging.getLogger("py4j").setLevel(logging.WARNING)
     try:
         config = configure()
     except ConfigError as e:
@@ -90,9 +118,16 @@ def run_main(name: str, configure: Callable[[], Config], plan: Callable[[Config]
     except REFUSED as e:
         print(f"{name}: {e}", file=sys.stderr)
         return 2
+    if job.settled and not (job.upstream or job.downstream) and spark_free(config):
+        lake = driver_lake(config)
+        run = Run(config, job=name, source=job.source(lake) if job.source else "")
+        if job.settled(run, lake):
+            record_run_arrow(lake, run, "succeeded")
+            print(job.summary(run, lake))
+            return 0
     from pipelines.session import build_session
 
-    spark = build_session(config)
+    spark = build_session(config, verbose=verbose)
     lake = Lakehouse(spark, config.storage)
     try:
         stages = list(job.upstream(lake)) if job.upstream else []

@@ -66,14 +66,19 @@ class Run:
         self.rejected.append(scene_error_row(err))
 
 
-def rejected_frame(spark: SparkSession, run: Run) -> DataFrame:
+def rejected_rows(run: Run) -> list[dict[str, Any]]:
+    """The ``rejected`` rows of ``run``'s rejected inputs."""
     now = datetime.now(timezone.utc)
-    rows = [{**r, "run_id": run.run_id, "job": run.job, "rejected_at": now} for r in run.rejected]
-    return spark.createDataFrame(rows, REJECTED)
+    return [{**r, "run_id": run.run_id, "job": run.job, "rejected_at": now} for r in run.rejected]
 
 
-def runs_frame(spark: SparkSession, run: Run, status: str) -> DataFrame:
-    row = {
+def rejected_frame(spark: SparkSession, run: Run) -> DataFrame:
+    return spark.createDataFrame(rejected_rows(run), REJECTED)
+
+
+def run_row(run: Run, status: str) -> dict[str, Any]:
+    """The ``runs`` row of ``run`` ended now with ``status``."""
+    return {
         "run_id": run.run_id,
         "job": run.job,
         "config_digest": run.config.digest(),
@@ -87,14 +92,44 @@ def runs_frame(spark: SparkSession, run: Run, status: str) -> DataFrame:
         "started": run.started,
         "ended": datetime.now(timezone.utc),
     }
-    return spark.createDataFrame([row], RUNS)
+
+
+def runs_frame(spark: SparkSession, run: Run, status: str) -> DataFrame:
+    return spark.createDataFrame([run_row(run, status)], RUNS)
 
 
 def record_run(spark: SparkSession, lake: Lakehouse, run: Run, status: str) -> None:
-    """Append the run's rejected inputs and its ``runs`` row (also when the run failed)."""
+    """Append the run's rejected inputs and its ``runs`` row (also when the run failed).
+
+    Local Delta tables: the ``runs`` row is written with delta-rs (:func:`append_run_row`);
+    a Spark append of one row costs a Spark job (~1-3 s on a fresh session) per run and
+    stage. Rejected rows go through Spark: their key columns (``href``, ``scene_id``) may be
+    null, which the Arrow writer's file statistics do not handle.
+    """
     if run.rejected:
         lake.append("rejected", rejected_frame(spark, run))
+    if lake.local and lake.format == "delta":
+        append_run_row(lake, run, status)
+        return
     lake.append("runs", runs_frame(spark, run, status))
+
+
+def record_run_arrow(lake: Lakehouse, run: Run, status: str) -> None:
+    """The ``runs`` row of ``run``, appended to a local Delta table with delta-rs (no
+    Spark): what a run that found nothing to do records before any SparkSession exists.
+    ``run.rejected`` must be empty (see :func:`record_run`)."""
+    if run.rejected:
+        raise ValueError("a run with rejected inputs is recorded through Spark (record_run)")
+    append_run_row(lake, run, status)
+
+
+def append_run_row(lake: Lakehouse, run: Run, status: str) -> None:
+    """Append the ``runs`` row of ``run`` to a local Delta table with delta-rs."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    table = pa.Table.from_pylist([run_row(run, status)], schema=to_arrow_schema(RUNS))
+    lake.append_arrow("runs", table, run.config.storage.zstd_level)
 
 
 #: Errors that refuse a run (exit code 2) rather than fail it (1): a configuration or a

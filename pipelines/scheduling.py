@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from pyspark import RDD
 from pyspark.sql import SparkSession
 
-K = TypeVar("K", str, int)
+K = TypeVar("K", str, int, tuple[int, int])
 
 
 def grouped_rdd(spark: SparkSession, groups: list[list[Any]]) -> RDD:

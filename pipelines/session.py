@@ -2,12 +2,29 @@
 
 Extras are composed as functions that take a builder and return it (the way
 ``delta.configure_spark_with_delta_pip`` does). Library code never calls ``getOrCreate()``.
+
+Console
+-------
+Quiet unless ``verbose`` (the jobs' ``--verbose``):
+
+* Dependency resolution: Delta's jars are resolved by Ivy once (``spark.jars.packages``);
+  the jar files Ivy retrieved are then listed in :data:`JARS_CACHE` and later sessions
+  pass them as ``spark.jars``, so Ivy does not run again. The one run that resolves writes
+  the driver JVM's console output (Ivy's report, JVM warnings) into
+  ``<storage.root>/_logs/spark-startup.log`` instead of the console.
+* Spark's own logging: errors only (``conf/log4j2-quiet.properties`` for the driver JVM,
+  ``setLogLevel("ERROR")``); ``verbose`` keeps Spark's default (warnings).
+* Progress: Spark's console progress bar (stages, tasks done / total) when stdout and
+  stderr are a terminal, off otherwise (logs and pipes get no control characters).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -30,13 +47,60 @@ def delta_package() -> str:
     return f"io.delta:delta-spark_{spark_mm}_2.13:{version('delta-spark')}"
 
 
+#: Jar files Ivy resolved for a package list (``{"packages": [...], "jars": [...]}`` per
+#: entry), beside Spark's default Ivy cache.
+JARS_CACHE = Path.home() / ".ivy2.5.2" / "eo-lakehouse-jars.json"
+
+
+def cached_jars(packages: list[str]) -> list[str] | None:
+    """The jar files resolved before for ``packages``, when every one is still there."""
+    try:
+        entries = json.loads(JARS_CACHE.read_text())
+    except (OSError, ValueError):
+        return None
+    for entry in entries if isinstance(entries, list) else []:
+        jars = entry.get("jars") or []
+        if entry.get("packages") == packages and jars and all(os.path.isfile(j) for j in jars):
+            return list(jars)
+    return None
+
+
+def remember_jars(packages: list[str], spark_jars: str) -> None:
+    """Record the jars a session resolved for ``packages`` (its ``spark.jars``)."""
+    jars = [j.removeprefix("file://").removeprefix("file:") for j in spark_jars.split(",") if j]
+    if not jars or not all(os.path.isfile(j) for j in jars):
+        return
+    try:
+        entries = json.loads(JARS_CACHE.read_text())
+    except (OSError, ValueError):
+        entries = []
+    entries = [e for e in entries if isinstance(e, dict) and e.get("packages") != packages]
+    JARS_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = JARS_CACHE.with_suffix(".tmp")
+    tmp.write_text(json.dumps([*entries, {"packages": packages, "jars": jars}], indent=1))
+    tmp.replace(JARS_CACHE)  # atomic: concurrent jobs never read half a file
+
+
+def quiet_log4j() -> Path | None:
+    """conf/log4j2-quiet.properties (errors only), where it can be found."""
+    return conf_file("log4j2-quiet.properties")
+
+
+def console_is_terminal() -> bool:
+    """Whether a person watches the console: Spark's progress bar only then."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
 def under_spark_submit() -> bool:
     """True when spark-submit launched this driver (the JVM already exists)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def with_base(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.Builder:
-    """Master (unless spark-submit chose it), app name, UTC, small shuffles, UI, Arrow."""
+def with_base(
+    builder: SparkSession.Builder, cfg: SparkConfig, verbose: bool = True
+) -> SparkSession.Builder:
+    """Master (unless spark-submit chose it), app name, UTC, small shuffles, UI, Arrow;
+    the progress bar on a terminal; errors-only JVM logging unless ``verbose``."""
     if cfg.master and not under_spark_submit():
         builder = builder.master(cfg.master)
     builder = (
@@ -44,7 +108,7 @@ def with_base(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.B
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.ui.enabled", str(cfg.ui).lower())
-        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.ui.showConsoleProgress", str(console_is_terminal()).lower())
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config(
             "spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_max_records_per_batch)
@@ -58,6 +122,11 @@ def with_base(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.B
         # PYSPARK_PYTHON when the context starts; spark.pyspark.python is for spark-submit.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
+        log4j = quiet_log4j()
+        java_options = "spark.driver.extraJavaOptions"
+        if not verbose and log4j is not None and java_options not in cfg.conf:
+            # Read when the driver JVM starts: also silences the warnings of its first seconds.
+            builder = builder.config(java_options, f"-Dlog4j2.configurationFile={log4j}")
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)
     return builder
@@ -80,6 +149,10 @@ def with_delta(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.
     if cfg.jars:
         return builder.config("spark.jars", ",".join(cfg.jars))
     packages = [delta_package(), *cfg.packages]
+    jars = cached_jars(packages)
+    if jars is not None:  # resolved before: no Ivy run (seconds, and ~55 lines of output)
+        # Empty packages also override spark-defaults.conf's (make setup writes them there).
+        return builder.config("spark.jars", ",".join(jars)).config("spark.jars.packages", "")
     builder = builder.config("spark.jars.packages", ",".join(packages))
     settings = ivy_settings()
     if settings is not None:  # else Spark's own resolvers
@@ -94,13 +167,77 @@ def with_parquet(builder: SparkSession.Builder, storage: StorageConfig) -> Spark
     )
 
 
-def build_session(config: Config) -> SparkSession:
-    """Create (or return the running) SparkSession for ``config``."""
-    builder = with_parquet(with_base(SparkSession.builder, config.spark), config.storage)
+@contextlib.contextmanager
+def jvm_console_to(log: Path | None) -> Iterator[None]:
+    """Point this process's stdout and stderr at ``log`` while the driver JVM is launched.
+
+    The JVM inherits them for its whole life, so its console output (Ivy's report, JVM
+    warnings, Spark's logging) goes to the file; Python's own streams are restored at once.
+    None: nothing changes.
+    """
+    if log is None:
+        yield
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
+
+
+def startup_log(config: Config, verbose: bool) -> Path | None:
+    """Where the driver JVM's console goes while Ivy resolves jars for the first time:
+    ``<root>/_logs/spark-startup.log`` (local roots; else the temp folder). None when
+    nothing is to be hidden (verbose, a running JVM, jars given or already resolved)."""
+    import tempfile
+
+    from pyspark import SparkContext
+
+    from pipelines.preflight import is_local, root_path
+
+    spark = config.spark
+    packages = [delta_package(), *spark.packages]
+    if (
+        verbose
+        or under_spark_submit()
+        or SparkContext._active_spark_context is not None
+        or config.storage.format != "delta"
+        or spark.jars
+        or cached_jars(packages) is not None
+    ):
+        return None
+    root = root_path(config.storage)
+    folder = Path(root) / "_logs" if is_local(config.storage.root) else Path(tempfile.gettempdir())
+    return folder / "spark-startup.log"
+
+
+def build_session(config: Config, verbose: bool = True) -> SparkSession:
+    """Create (or return the running) SparkSession for ``config``.
+
+    ``verbose`` False (the jobs' default): the quiet console of the module docstring.
+    """
+    base = with_base(SparkSession.builder, config.spark, verbose)
+    builder = with_parquet(base, config.storage)
     if config.storage.format == "delta":
         builder = with_delta(builder, config.spark)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    log = startup_log(config, verbose)
+    if log is not None:
+        print(f"resolving Spark's Delta jars once (log: {log})", file=sys.stderr, flush=True)
+    with jvm_console_to(log):
+        spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN" if verbose else "ERROR")
+    resolved = spark.sparkContext.getConf().get("spark.jars.packages")
+    if resolved and not under_spark_submit():
+        remember_jars([p for p in resolved.split(",") if p], spark.conf.get("spark.jars") or "")
     return spark
 
 
@@ -117,18 +254,28 @@ def spark_defaults(python: str = sys.executable, driver_log4j: Path | None = Non
         "spark.pyspark.python": python,
         "spark.pyspark.driver.python": python,
     }
+    jars = cached_jars([delta_package()])
+    comment = ""
+    if jars is not None:  # resolved before: spark-submit need not run Ivy
+        comment = f"# spark.jars: {lines.pop('spark.jars.packages')}, as Ivy resolved it\n"
+        lines = {"spark.jars": ",".join(jars), **lines}
     settings = ivy_settings()
-    if settings is not None:
+    if settings is not None and jars is None:
         lines["spark.jars.ivySettings"] = str(settings.resolve())
     if driver_log4j is not None:
         # The driver only: master and worker daemons keep Spark's own INFO logging.
         lines["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={driver_log4j}"
-    return "".join(f"{k} {v}\n" for k, v in lines.items())
+    return comment + "".join(f"{k} {v}\n" for k, v in lines.items())
 
 
 #: Spark's own logging for the driver of spark-submit runs: warnings only (its default is
-#: INFO, which buries the jobs' summaries).
+#: INFO, which buries the jobs' summaries), less the notices every local run prints (no
+#: native Hadoop library, the host name resolving to a loopback address: nothing to act on).
 LOG4J2 = """rootLogger.level = warn
+logger.nativecode.name = org.apache.hadoop.util.NativeCodeLoader
+logger.nativecode.level = error
+logger.utils.name = org.apache.spark.util.Utils
+logger.utils.level = error
 rootLogger.appenderRef.stdout.ref = console
 appender.console.type = Console
 appender.console.name = console

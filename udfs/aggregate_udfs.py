@@ -82,11 +82,11 @@ class FileRows:
         self.columns = list(columns)
         self.keys = tuple(keys)
         self.keep = keep
-        self.index: OrderedDict[str, tuple[Any, dict[tuple[str, int, int], tuple[int, int]]]]
+        self.index: OrderedDict[str, tuple[Any, dict[tuple[Any, ...], tuple[int, int]]]]
         self.index = OrderedDict()
         self.groups: OrderedDict[tuple[str, int], Any] = OrderedDict()
 
-    def _index(self, path: str) -> tuple[Any, dict[tuple[str, int, int], tuple[int, int]]]:
+    def _index(self, path: str) -> tuple[Any, dict[tuple[Any, ...], tuple[int, int]]]:
         if path not in self.index:
             pf = pq.ParquetFile(path)
             t = pf.read(columns=list(self.keys))
@@ -99,7 +99,7 @@ class FileRows:
                 self.index.popitem(last=False)
         return self.index[path]
 
-    def get(self, path: str, key: tuple[str, int, int]) -> dict[str, Any] | None:
+    def get(self, path: str, key: tuple[Any, ...]) -> dict[str, Any] | None:
         pf, where = self._index(path)
         if key not in where:
             return None
@@ -289,7 +289,8 @@ def combine(items: Iterable[tuple]) -> list[dict[str, Any]]:
     keys of a component split over tasks; the partials of a key are joined here and
     reduced once (:func:`reduce_partials`), so percentiles stay exact.
     """
-    out, split = [], {}
+    out: list[dict[str, Any]] = []
+    split: dict[tuple, list[Any]] = {}
     for item in items:
         if item[0] == "final":
             out.append(item[1])
