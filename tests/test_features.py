@@ -651,3 +651,98 @@ def test_mask_config_changes_the_features(spark, overlap_lake, demo_scenes, tmp_
         default = expected_tiles(scene)
         for key, row in rows.items():
             np.testing.assert_allclose(row.cloud_fraction, default[key]["cloud_fraction"])
+
+
+# ----------------------------------------------------------------------------- 9. what is computed
+
+
+def test_configured_bands_and_statistics_are_the_only_ones_computed(
+    spark, demo, demo_scenes, demo_expected, tmp_path
+):
+    """features.bands / features.statistics: the layers and statistics asked for, equal to
+    the whole-scene values computed here; the others are absent (layers) or null."""
+    lake_root = copy_without_features(demo.root, tmp_path / "lake")
+    run, lake = run_features(
+        spark,
+        lake_root,
+        "features.bands=red,nir08",
+        "features.indices=NDVI",
+        "features.statistics=mean,std",
+    )
+    assert run.rejected == [] and run.tiles_written > 0
+    for sid, expected in demo_expected.items():
+        rows = feature_rows(lake, sid)
+        assert rows and set(rows) == set(expected)
+        for key, row in rows.items():
+            exp = expected[key]
+            assert row.valid_count == exp["valid_count"]
+            assert set(row.stats) == {"red", "nir08", "ndvi"} & set(exp["stats"])
+            for layer, got in row.stats.items():
+                want = exp["stats"][layer]
+                assert got["count"] == want["count"], (sid, key, layer)
+                for k in ("min", "max", "p10", "p50", "p90"):
+                    assert got[k] is None, (layer, k)
+                np.testing.assert_allclose(
+                    [got["mean"], got["std"]], [want["mean"], want["std"]], rtol=RTOL, atol=ATOL
+                )
+    digests = {r.features_digest for r in lake.read("tile_features").collect()}
+    assert digests == {load_config("local", ["features.bands=red,nir08", "features.indices=NDVI",
+                                              "features.statistics=mean,std"]).features.digest()}  # fmt: skip
+
+
+def test_features_bands_and_statistics_are_validated_and_part_of_the_digest():
+    base = load_config("local").features
+    assert base.band_set() is None and base.stat_names() == STATS
+    for bad in ("features.bands=reed", "features.bands=all,red", "features.statistics=median"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config("local", [bad])
+    none = load_config("local", ["features.bands="]).features
+    assert none.band_set() == frozenset()
+    digests = {
+        load_config("local", [o]).features.digest()
+        for o in ("features.bands=red", "features.bands=", "features.statistics=count,mean")
+    }
+    assert len(digests) == 3 and base.digest() not in digests
+    # count is always computed, so listing it or not is the same configuration
+    a = load_config("local", ["features.statistics=mean"]).features.digest()
+    assert a == load_config("local", ["features.statistics=count,mean"]).features.digest()
+
+
+def test_feature_rows_read_pixels_from_arrow_buffers_and_reject_a_missing_needed_band():
+    """The Arrow wrapper: pixel views of a tiles table, a band not ingested (null column)
+    is skipped unless statistics or an index need it."""
+    import pyarrow as pa
+
+    from udfs.feature_udfs import feature_rows as kernel_rows
+    from udfs.feature_udfs import table_rows
+
+    rng = np.random.default_rng(1)
+    red = rng.integers(1, 3000, (4, 4)).astype("<u2")
+    nir = rng.integers(1, 6000, (4, 4)).astype("<u2")
+    scl = np.full((4, 4), 4, "<u2")
+    scl[0, 0] = 9  # cloud: masked
+    row = {"scene_id": "s", "tile_row": 0, "tile_col": 0, "width": 4, "height": 4,
+           "dtype": "uint16", "red": red.tobytes(), "nir": nir.tobytes(), "qa": scl.tobytes(),
+           "green": None}  # fmt: skip
+    table = pa.Table.from_pylist([row, row])
+    rows = table_rows(table)
+    assert isinstance(rows[0]["red"], np.ndarray) and rows[0]["green"] is None
+    np.testing.assert_array_equal(rows[1]["nir"].view("<u2").reshape(4, 4), nir)
+    scene = {"s": {"sensor": "sentinel2-l2a", "scaling": {}, "acquired_date": None}}
+    errors: list = []
+    out = kernel_rows(rows[:1], scene, ["NDVI"], 1.0, {}, errors.extend, bands=set(),
+                      stats=("count", "mean"))  # fmt: skip
+    assert errors == [] and len(out) == 1
+    ((name, stats),) = out[0]["stats"]
+    keep = scl != 9
+    r = (red[keep] * 1e-4).astype(np.float32).astype(np.float64)
+    n = (nir[keep] * 1e-4).astype(np.float32).astype(np.float64)
+    ndvi = ((n - r) / (n + r)).astype(np.float32).astype(np.float64)
+    assert name == "ndvi" and stats["count"] == 15 == out[0]["valid_count"]
+    assert stats["mean"] == pytest.approx(ndvi.mean(), rel=1e-12) and set(stats) == {
+        "count",
+        "mean",
+    }
+    # green is needed for its statistics but was not ingested: the tile is rejected
+    out = kernel_rows(rows[:1], scene, ["NDVI"], 1.0, {}, errors.extend, bands={"green"})
+    assert out == [] and len(errors) == 1 and "green" in errors[0]["reason"]

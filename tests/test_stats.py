@@ -304,3 +304,65 @@ def test_radsat_is_never_a_reflectance_layer():
     assert f["valid_count"] == 1
     cols = pixel_table("landsat-c2l2", dn, {}, ["NDVI"])
     assert "radsat" not in cols and cols["col"].tolist() == [0]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 9, 10, 11, 101, 1000, 4097])
+def test_layer_statistics_equal_numpy_percentiles_exactly_at_every_size(n):
+    from udfs.stats import layer_statistics
+
+    rng = np.random.default_rng(n)
+    # Ties and a narrow value set too: selection must not depend on distinct values.
+    for x in (rng.normal(0.3, 0.2, n), rng.integers(0, 4, n)):
+        x32 = x.astype(np.float32)
+        got = layer_statistics(x32)
+        x64 = x32.astype(np.float64)
+        want = np.percentile(x64, [10, 50, 90])
+        assert [got["p10"], got["p50"], got["p90"]] == pytest.approx(list(want), rel=1e-15)
+        assert got["min"] == x64.min() and got["max"] == x64.max() and got["count"] == n
+        assert got["mean"] == pytest.approx(x64.mean(), rel=1e-12)
+        assert got["std"] == pytest.approx(x64.std(), rel=1e-9, abs=1e-12)
+
+
+def test_layer_statistics_computes_only_the_statistics_asked_for():
+    from udfs.stats import check_statistics, layer_statistics
+
+    x = np.arange(1, 10, dtype=np.float32)
+    assert layer_statistics(x, ("count", "mean")) == {"count": 9, "mean": 5.0}
+    assert check_statistics(["std", "mean"]) == ("count", "mean", "std")
+    with pytest.raises(ValueError, match="'median'"):
+        check_statistics(["median"])
+    # An empty layer still reports NaN for what was asked.
+    got = layer_statistics(np.zeros(0, np.float32), ("count", "p50"))
+    assert got["count"] == 0 and math.isnan(got["p50"]) and set(got) == {"count", "p50"}
+
+
+def test_stack_statistics_does_not_modify_its_input():
+    stack = np.array([[[3.0, 1.0, 2.0]]], np.float32)
+    stack_statistics(stack, np.ones((1, 3), bool))
+    np.testing.assert_array_equal(stack, [[[3.0, 1.0, 2.0]]])
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 999, 5000])
+def test_counted_statistics_equal_layer_statistics_of_the_pixels(n):
+    from udfs.stats import counted_statistics, layer_statistics
+
+    rng = np.random.default_rng(n)
+    dn = rng.integers(1, 400, n).astype(np.uint16)
+    table = (np.arange(65536) * 1e-4 - 0.1).astype(np.float32)
+    table[0] = np.nan  # nodata DN: never counted
+    dn[0] = 0
+    got = counted_statistics(np.bincount(dn), table)
+    want = layer_statistics(finite_of(table[dn]))
+    assert got["count"] == want["count"] == n - 1
+    for k in STAT_NAMES[1:]:
+        if n == 1:
+            assert math.isnan(got[k]) and math.isnan(want[k])
+        elif k in ("mean", "std"):
+            assert got[k] == pytest.approx(want[k], rel=1e-12, abs=1e-15), k
+        else:
+            assert got[k] == want[k], k
+    assert set(counted_statistics(np.bincount(dn), table, ("count", "p50"))) == {"count", "p50"}
+
+
+def finite_of(x):
+    return x[np.isfinite(x)]

@@ -12,16 +12,24 @@ mask with the job's :class:`udfs.masks.MaskSettings` (``masks=None``: the defaul
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from udfs.features import Core, TileDataError, decode_tile, pixel_table, tile_features
+from udfs.features import (
+    Core,
+    TileDataError,
+    decode_tile,
+    needed_columns,
+    pixel_table,
+    tile_features,
+)
 from udfs.masks import MaskSettings
 from udfs.sensors import BAND_COLUMNS, SENSORS
+from udfs.stats import STAT_NAMES
 from udfs.tiling import core_slices
 
 TILE_COLUMNS = ("scene_id", "tile_row", "tile_col", "width", "height", "dtype", *BAND_COLUMNS)
@@ -67,6 +75,41 @@ def file_row_groups(
             yield pf.read_row_groups(chunk, columns=list(columns))
 
 
+def binary_views(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray | None]:
+    """Each value of a binary column as a ``uint8`` view of Arrow's buffer (None where
+    null), without copying the pixels into Python ``bytes`` as ``to_pylist`` does."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    out: list[np.ndarray | None] = []
+    for chunk in chunks:
+        if len(chunk) == 0:
+            continue
+        if chunk.null_count == len(chunk):  # all null (a band not ingested): no buffers
+            out.extend([None] * len(chunk))
+            continue
+        _, offsets_buf, data_buf = chunk.buffers()
+        wide = pa.types.is_large_binary(chunk.type)
+        offsets = np.frombuffer(offsets_buf, np.int64 if wide else np.int32)
+        offsets = offsets[chunk.offset : chunk.offset + len(chunk) + 1]
+        data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.empty(0, np.uint8)
+        valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+        out.extend(
+            data[offsets[i] : offsets[i + 1]] if valid[i] else None for i in range(len(chunk))
+        )
+    return out
+
+
+def table_rows(table: pa.Table | pa.RecordBatch) -> list[dict[str, Any]]:
+    """Rows of a ``tiles`` table as dicts: binary (band) columns as ``uint8`` views
+    (:func:`binary_views`), every other column as Python values."""
+    cols: dict[str, list[Any]] = {}
+    for name, column in zip(table.schema.names, table.columns, strict=True):
+        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            cols[name] = binary_views(column)
+        else:
+            cols[name] = column.to_pylist()
+    return [dict(zip(cols, values, strict=True)) for values in zip(*cols.values(), strict=True)]
+
+
 def bad_tile(row: Mapping[str, Any], stage: str, error: Exception) -> dict[str, Any]:
     """A ``rejected`` record for a tile whose arrays cannot be decoded."""
     return {
@@ -83,15 +126,19 @@ def decoded_tiles(
     scenes: Mapping[str, Mapping[str, Any]],
     stage: str,
     errors: list[dict[str, Any]],
+    needed: Callable[[str], Collection[str]] | None = None,
 ) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any], dict[str, np.ndarray]]]:
     """``(row, scene, DN arrays)`` of the tile rows of the scenes in ``scenes`` (others
-    skipped); a tile whose arrays cannot be decoded goes to ``errors`` (:func:`bad_tile`)."""
+    skipped); a tile whose arrays cannot be decoded goes to ``errors`` (:func:`bad_tile`).
+    ``needed(sensor)``: the reflectance columns the caller needs (None: every required
+    band); other null reflectance columns (not ingested) are then left out."""
     for row in rows:
         scene = scenes.get(row["scene_id"])
         if scene is None:
             continue
         try:
-            dn = decode_tile(row, scene["sensor"])
+            sensor = scene["sensor"]
+            dn = decode_tile(row, sensor, None if needed is None else needed(sensor))
         except TileDataError as e:
             errors.append(bad_tile(row, stage, e))
             continue
@@ -139,8 +186,14 @@ def feature_rows(
     extra: Mapping[str, Any],
     report_error: Callable[[list[dict[str, Any]]], None],
     masks: MaskSettings | None = None,
+    bands: Collection[str] | None = None,
+    stats: Sequence[str] = STAT_NAMES,
 ) -> list[dict[str, Any]]:
     """``tile_features`` rows for tile rows of the scenes in ``scenes`` (others skipped).
+
+    ``bands`` (None: every reflectance band) and ``stats`` select the layers and the
+    statistics (:func:`udfs.features.tile_features`); a tile lacking a column they or
+    ``indices`` need is rejected, naming the band.
 
     ``usable`` means *known* to be clear enough: at least one valid pixel and a known
     cloud fraction at most ``max_cloud_fraction``. A sensor without a quality band
@@ -150,9 +203,17 @@ def feature_rows(
     """
     out: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
-    for row, scene, dn in decoded_tiles(rows, scenes, "features", errors):
+    need: dict[str, set[str]] = {}
+
+    def needed(sensor: str) -> set[str]:
+        if sensor not in need:
+            need[sensor] = needed_columns(sensor, indices, bands)
+        return need[sensor]
+
+    for row, scene, dn in decoded_tiles(rows, scenes, "features", errors, needed):
         sensor = scene["sensor"]
-        f = tile_features(sensor, dn, _scaling(scene), indices, masks, tile_core(row, scene))
+        core = tile_core(row, scene)
+        f = tile_features(sensor, dn, _scaling(scene), indices, masks, core, bands, stats)
         cloud = f["cloud_fraction"]
         known = cloud == cloud  # NaN: unknown
         out.append(
@@ -186,19 +247,31 @@ def make_feature_reader(
     report_error: Callable[[list[dict[str, Any]]], None],
     from_files: bool = False,
     masks: MaskSettings | None = None,
+    bands: Collection[str] | None = None,
+    stats: Sequence[str] = STAT_NAMES,
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """mapInArrow function producing ``tile_features`` rows.
 
     Input batches hold ``tiles`` rows (:data:`TILE_COLUMNS` and :data:`CORE_COLUMNS`), or
     with ``from_files`` a ``path`` column of tiles Parquet files that the worker reads
-    itself, one row group at a time. ``masks``: the quality classes and flags to mask
-    (None: the defaults).
+    itself, a few row groups at a time. ``masks``: the quality classes and flags to mask
+    (None: the defaults); ``bands`` / ``stats``: what to summarise (:func:`feature_rows`).
+    Pixels are read as views of the Arrow buffers (:func:`table_rows`), never copied to
+    Python ``bytes``.
     """
 
     def read(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for tiles in tile_tables(batches, from_files, (*TILE_COLUMNS, *CORE_COLUMNS)):
             rows = feature_rows(
-                tiles.to_pylist(), scenes, indices, max_cloud_fraction, extra, report_error, masks
+                table_rows(tiles),
+                scenes,
+                indices,
+                max_cloud_fraction,
+                extra,
+                report_error,
+                masks,
+                bands,
+                stats,
             )
             if rows:
                 yield pa.RecordBatch.from_pylist(rows, schema=schema)

@@ -52,6 +52,7 @@ go through :func:`compute_indices`.
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -400,20 +401,31 @@ def compute_indices(
     # A NaN or inf reflectance is no measurement: the index is nodata there even where
     # the formula would give a finite number (x / inf = 0). A negative one is a measured
     # value, but outside the domain the index's formula is defined on.
-    usable = {col: np.isfinite(a) & (a >= 0) for col, a in arrays.items()}
+    # ``a >= 0`` is False for NaN; +inf is the one non-finite value that passes it.
+    usable = {col: (a >= 0) & (a < np.inf) for col, a in arrays.items()}
+    # Indices over the same columns (NDVI, SAVI: red, nir) share one input mask.
+    inputs_ok: dict[frozenset[str], np.ndarray] = {}
     out: dict[str, np.ndarray] = {}
     for name, cols in columns.items():
         index = INDICES[name]
         inputs = {band: arrays[col] for band, col in cols.items()}
+        key = frozenset(cols.values())
+        if key not in inputs_ok:
+            inputs_ok[key] = np.logical_and.reduce([usable[c] for c in sorted(key)])
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             value = np.asarray(index.fn(inputs), dtype=np.float64)
             lo, hi = index.valid_range
             # The range is tested in float64, before rounding: 1 + 1e-9 is out of range
-            # even though it rounds to 1.0 in float32.
-            bad = ~(np.isfinite(value) & (value >= lo) & (value <= hi))
-        for col in cols.values():
-            bad |= ~usable[col]
+            # even though it rounds to 1.0 in float32. NaN fails every comparison; with a
+            # finite range so does +-inf, otherwise test finiteness too.
+            if lo == -hi and math.isfinite(hi):
+                ok = np.abs(value) <= hi
+            else:
+                ok = (value >= lo) & (value <= hi)
+                if not (math.isfinite(lo) and math.isfinite(hi)):
+                    ok &= np.isfinite(value)
+        ok &= inputs_ok[key]
         result = value.astype(np.float32)
-        result[bad] = INDEX_NODATA
+        np.copyto(result, INDEX_NODATA, where=~ok)
         out[name] = result
     return out
