@@ -40,12 +40,13 @@ from pipelines.config import Config, load_config
 from pipelines.datamodel import MODELS, PREDICTIONS, TABLES, TILE_PREDICTIONS
 from pipelines.discover import discover
 from pipelines.features import features, file_groups, scene_table, tile_input, use_file_reader
-from pipelines.ingest import ingest
+from pipelines.ingest import ingest, tiled_bands
 from pipelines.jobs import Job, Stage, run_main
 from pipelines.lakehouse import Lakehouse
+from pipelines.preflight import class_counts, classify_plan, classify_settled, table_exists
 from pipelines.runs import ListParam, Run, phase
 from pipelines.scheduling import grouped_rdd
-from udfs.errors import SceneError
+from udfs.errors import ConfigError, SceneError
 from udfs.feature_udfs import TILE_COLUMNS
 from udfs.inference_udfs import (
     PREDICTION_GEO_COLUMNS,
@@ -53,6 +54,7 @@ from udfs.inference_udfs import (
     make_tile_classifier,
     make_tile_classifier_writer,
 )
+from udfs.ingest_udfs import check_tiled_bands
 from udfs.models import (
     METADATA,
     ModelBundle,
@@ -60,6 +62,7 @@ from udfs.models import (
     check_data,
     index_names,
     load_bundle,
+    model_bands,
     model_sha256,
 )
 
@@ -272,9 +275,16 @@ def write_files(
 
 def classify(spark: SparkSession, lake: Lakehouse, run: Run, bundle: ModelBundle) -> Run:
     """Classify every scene ``bundle`` has not classified yet into the prediction tables."""
+    if classify_settled(run, lake, bundle.model_id):  # decided from two small Delta logs
+        return run
     with phase("plan"):
         todo = plan_scenes(run, lake, bundle.model_id)
         check_data(bundle, [v["sensor"] for v in todo.values()])
+        check_tiled_bands(
+            tiled_bands(lake, list(todo)),
+            {s: model_bands(bundle, v["sensor"]) for s, v in todo.items()},
+            f"model {bundle.model_id}",
+        )
         run.seen = sum(v["n_tiles"] or 0 for v in todo.values())
     sha = model_sha256(bundle)
     with phase("register model"):
@@ -319,6 +329,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--ingest", choices=("auto", "always", "never"), help="run ingest first (classify.ingest)"
     )
     p.add_argument("--rebuild", action="store_true", help="redo this model's predictions")
+    p.add_argument(
+        "--verbose", "-v", action="store_true", help="phase timings, Spark warnings, Ivy output"
+    )
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return p.parse_args(argv)
 
@@ -344,20 +357,12 @@ def summary(run: Run, lake: Lakehouse, bundle: ModelBundle) -> str:
         f"classified, {len(run.skipped)} already done, {run.tiles_written} tiles written, "
         f"{len(run.rejected)} tile(s) rejected",
     ]
-    if lake.exists("tile_predictions"):
+    if table_exists(lake, "tile_predictions"):
         names = bundle.class_names
-        rows = (
-            lake.read("tile_predictions")
-            .filter(F.col("model_id") == bundle.model_id)
-            .select(F.explode("class_counts").alias("code", "n"))
-            .groupBy("code")
-            .agg(F.sum("n").alias("n"))
-            .orderBy("code")
-            .collect()
-        )
-        total = sum(r.n for r in rows) or 1
-        for r in rows:
-            lines.append(f"  {names.get(r.code, r.code)!s:<12} {r.n:>10} px  {r.n / total:6.1%}")
+        counts = class_counts(lake, bundle.model_id)  # local Delta: no Spark job
+        total = sum(counts.values()) or 1
+        for code, n in counts.items():
+            lines.append(f"  {names.get(code, code)!s:<12} {n:>10} px  {n / total:6.1%}")
     for name in ("predictions", "tile_predictions", "models"):
         lines.append(f"  {name:<16} {lake.path(name)}")
     return "\n".join(lines)
@@ -371,7 +376,20 @@ def upstream(config: Config, bundle: ModelBundle, lake: Lakehouse) -> list[Stage
     """
     mode = config.classify.ingest
     will_ingest = mode == "always" or (mode == "auto" and not lake.exists("tiles"))
-    check_data(bundle, data_sensors(config, lake, will_ingest))
+    sensors = data_sensors(config, lake, will_ingest)
+    check_data(bundle, sensors)
+    if will_ingest:  # ingest.bands must keep what the model reads: refuse before ingesting
+        short = {
+            s: sorted(model_bands(bundle, s) - set(config.ingest.band_columns(s))) for s in sensors
+        }
+        short = {s: m for s, m in short.items() if m}
+        if short:
+            s, m = next(iter(short.items()))
+            raise ConfigError(
+                f"model {bundle.model_id} needs band(s) {', '.join(m)} of {s} but ingest.bands "
+                f"({', '.join(config.ingest.bands)}) leaves them out: add them to ingest.bands "
+                f"(empty: every band)"
+            )
     stages = [Stage("ingest", ingest, config.ingest.source)] if will_ingest else []
     return [*stages, Stage("features", features, lake.path("tiles"))]
 
@@ -381,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def plan(config: Config) -> Job:
         bundle = load_model(config)  # before Spark starts: nothing is written on failure
+        classify_plan(config, bundle)  # says what runs; source, tiles, sensors vs the model
         return Job(
             lambda spark, lake, run: classify(spark, lake, run, bundle),
             lambda run, lake: summary(run, lake, bundle),
@@ -390,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             downstream=lambda lake: analysis_stages(config, lake, [bundle.model_id]),
         )
 
-    return run_main(JOB, lambda: config_from_args(args), plan)
+    return run_main(JOB, lambda: config_from_args(args), plan, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 from pyspark import RDD
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from pipelines.config import Config, load_config
@@ -29,6 +30,7 @@ from pipelines.datamodel import SCENES, TABLES, TILES
 from pipelines.discover import discover
 from pipelines.jobs import Job, run_main
 from pipelines.lakehouse import Lakehouse
+from pipelines.preflight import absolute_sources, check_source, ingest_settled, row_count
 from pipelines.runs import ListParam, Run, phase
 from pipelines.scheduling import balanced_groups, grouped_rdd, task_count
 from udfs.errors import ConfigError, SceneError
@@ -92,10 +94,12 @@ def skip_ingested(
             todo.append(s)
     if rebuild and not run.config.ingest.rebuild:
         ing = run.config.ingest
+        bands = ",".join(ing.bands) or "all"
         raise ConfigError(
             f"{len(rebuild)} scene(s) (e.g. {rebuild[0]}) were tiled with other settings than "
-            f"tile_size={ing.tile_size}, overlap={ing.overlap}, resampling={ing.resampling}; "
-            f"refusing to mix tilings in one table. Re-run with --rebuild to re-tile them."
+            f"tile_size={ing.tile_size}, overlap={ing.overlap}, resampling={ing.resampling}, "
+            f"bands={bands}; refusing to mix tilings in one table. Re-run with --rebuild to "
+            f"re-tile them."
         )
     return todo, rebuild
 
@@ -127,6 +131,16 @@ def inspect_scenes(
         elif info is not None:
             infos.append(json.loads(info))
     return sorted(infos, key=lambda i: i["scene_id"])
+
+
+def select_bands(info: dict[str, Any], config: Config) -> dict[str, Any]:
+    """The scene record with only the bands ``ingest.bands`` asks for (and quality bands).
+
+    ``bands`` of the record (and so ``scenes.bands``) then lists what ``tiles`` holds;
+    the other band columns of the scene's tiles are null, and their files are never read.
+    """
+    keep = set(config.ingest.band_columns(info["sensor"]))
+    return {**info, "bands": [b for b in info["bands"] if b["column"] in keep]}
 
 
 def scene_plan(info: dict[str, Any], config: Config) -> list[ReadBlock]:
@@ -248,6 +262,23 @@ def existing_tilings(lake: Lakehouse) -> dict[str, str]:
     return {r.scene_id: r.tiling_digest for r in rows}
 
 
+def tiled_bands(lake: Lakehouse, scene_ids: list[str]) -> dict[str, list[str]]:
+    """scene_id -> band columns its tiles hold (``scenes.bands``; see ``ingest.bands``).
+
+    For :func:`udfs.ingest_udfs.check_tiled_bands`: jobs that read bands refuse scenes
+    ingested without one they need.
+    """
+    if not scene_ids or not lake.exists("scenes"):
+        return {}
+    rows = (
+        lake.read("scenes")
+        .filter(F.col("scene_id").isin(scene_ids))
+        .select("scene_id", "bands.column")
+        .collect()
+    )
+    return {r.scene_id: list(r.column or []) for r in rows}
+
+
 def check_strict(run: Run) -> None:
     if run.config.ingest.strict and run.rejected:
         r = run.rejected[0]
@@ -267,7 +298,7 @@ def ingest(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
         # stopped between writing tiles and recording the scene. Keeps the tile key unique.
         lake.delete("tiles", "scene_id", [s.scene_id for s in todo])
     with phase(f"inspect {len(todo)} scene(s)"):
-        infos = inspect_scenes(spark, run, todo)
+        infos = [select_bands(i, config) for i in inspect_scenes(spark, run, todo)]
     check_strict(run)
 
     errors = spark.sparkContext.accumulator([], ListParam())
@@ -316,6 +347,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--strict", action="store_true", help="fail on the first bad input")
     p.add_argument("--rebuild", action="store_true", help="re-tile scenes tiled differently")
     p.add_argument(
+        "--verbose", "-v", action="store_true", help="phase timings, Spark warnings, Ivy output"
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -353,9 +387,19 @@ def summary(run: Run, lake: Lakehouse) -> str:
         f"{run.tiles_written} tiles written",
         f"tables ({run.config.storage.format}) under {lake.root}:",
     ]
+    if run.seen == 0:
+        lines.insert(
+            1,
+            f"  no scene found in {absolute_sources(run.source)}: give --source a folder of "
+            "products (Sentinel-2 SAFE or COG folders, Landsat folders) or a STAC JSON file",
+        )
+    elif run.skipped:
+        more = f" and {len(run.skipped) - 3} more" if len(run.skipped) > 3 else ""
+        some = ", ".join(run.skipped[:3])
+        lines.insert(1, f"  skipped (already ingested with the same tiling): {some}{more}")
     for name in ("scenes", "tiles", "rejected", "runs"):
-        n = lake.read(name).count() if lake.exists(name) else 0
-        lines.append(f"  {name:<9} {n:>7} rows  {lake.path(name)}")
+        # Counts from the Delta log's file statistics: no scan, no Spark job.
+        lines.append(f"  {name:<9} {row_count(lake, name):>7} rows  {lake.path(name)}")
     for r in run.rejected:
         lines.append(
             f"  rejected: {r['scene_id'] or '-'} {r['href']}: [{r['error_class']}] {r['reason']}"
@@ -365,7 +409,12 @@ def summary(run: Run, lake: Lakehouse) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_main(JOB, lambda: config_from_args(args), lambda config: Job(ingest, summary))
+
+    def plan(config: Config) -> Job:
+        check_source(config)  # a mistyped path stops here (exit code 2), nothing written
+        return Job(ingest, summary, settled=ingest_settled)
+
+    return run_main(JOB, lambda: config_from_args(args), plan, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -54,8 +54,10 @@ from pipelines.features import scene_table
 from pipelines.jobs import Job, run_main
 from pipelines.labels_io import read_labels
 from pipelines.lakehouse import Lakehouse
+from pipelines.preflight import require_features, require_file
 from pipelines.runs import Run, phase
 from pipelines.trainers import (
+    FAMILIES,
     N_TREES,
     TRAINERS,
     TrainerInput,
@@ -96,6 +98,7 @@ def train_model(
     test_fraction: float = 0.3,
     seed: int = 0,
     n_trees: int = N_TREES,
+    family: str | None = None,
     scene_ids: Sequence[str] | None = None,
     sensors: Sequence[str] | None = None,
     model_out: str | Path | None = None,
@@ -107,6 +110,13 @@ def train_model(
     if max_per_class <= 0:
         raise ConfigError(f"max_per_class must be > 0, got {max_per_class}")
     test_cap = max_test_per_class or max_per_class
+    family = family or config.train.family
+    if family not in FAMILIES:
+        raise ConfigError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    if family != "forest" and trainer != "sklearn":
+        raise ConfigError(
+            f"train.family={family} needs train.trainer=sklearn (MLlib trains forests here)"
+        )
     run = run or Run(config, job=JOB, source=str(labels_path))
     with phase("labels"):
         labels = read_labels(labels_path, class_column)
@@ -184,7 +194,16 @@ def train_model(
         fit = train_sklearn if trainer == "sklearn" else train_mllib
         model, sample = fit(
             TrainerInput(
-                sampled, features, labels.classes, meta, out, max_per_class, test_cap, seed, n_trees
+                sampled,
+                features,
+                labels.classes,
+                meta,
+                out,
+                max_per_class,
+                test_cap,
+                seed,
+                n_trees,
+                family,
             )
         )
         return TrainResult(out, load_bundle(out).metadata, model, sample, scene_ids_used, split)
@@ -210,7 +229,8 @@ def train(
         ``max_per_class`` (5000 training pixels per class; ``max_test_per_class``
         defaults to it), ``block_px`` (512: side of the map blocks, in pixels of the finest
         training scene), ``test_fraction`` (about 0.3 of the labelled pixels are held
-        out, as whole groups of polygons and blocks), ``seed``, ``n_trees``,
+        out, as whole groups of polygons and blocks), ``seed``, ``n_trees``, ``family``
+        (``forest`` | ``boosting``; default ``train.family``),
         ``scene_ids`` / ``sensors`` (restrict the scenes), ``model_out`` (default
         ``<train.models_dir>/<model_id>``), ``run`` (the :class:`Run` to record into).
     """
@@ -237,6 +257,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scenes", help="comma-separated scene ids to train on (default: all)")
     p.add_argument("--sensors", help="comma-separated sensors to train on (default: all)")
     p.add_argument("--model-out", help="bundle folder (default <train.models_dir>/<model_id>)")
+    p.add_argument(
+        "--verbose", "-v", action="store_true", help="phase timings, Spark warnings, Ivy output"
+    )
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return p.parse_args(argv)
 
@@ -259,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def plan(config: Config) -> Job:
         t = config.train
+        # Usage problems stop here (exit code 2), before Spark starts: nothing written.
+        require_file(t.labels, "labels", "--labels")
+        require_features(config, JOB)
         results: list[TrainResult] = []
 
         def work(spark: SparkSession, lake: Lakehouse, run: Run) -> None:
@@ -290,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             refused=(ConfigError, LabelError, RadiometryError),
         )
 
-    return run_main(JOB, lambda: config_from_args(args), plan)
+    return run_main(JOB, lambda: config_from_args(args), plan, verbose=args.verbose)
 
 
 def summary(run_id: str, result: TrainResult) -> str:

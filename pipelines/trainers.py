@@ -66,16 +66,46 @@ class TrainResult:
     split: Split | None = None
 
 
-def fit_sklearn(X: np.ndarray, y: np.ndarray, seed: int, n_trees: int = N_TREES) -> Any:
-    """A scikit-learn RandomForest fitted on the capped sample.
+#: Model families of the ``sklearn`` trainer (``train.family``).
+FAMILIES = ("forest", "boosting")
+#: Gradient boosting settings: scikit-learn's defaults (31 leaves per tree, learning rate
+#: 0.1) with a fixed number of rounds and no early stopping, so the model (and its
+#: prediction cost: rounds x classes trees) does not depend on a random validation split.
+BOOSTING_PARAMS: dict[str, Any] = {"max_iter": 100, "early_stopping": False}
 
-    Fully grown trees (pure leaves) and a power-of-two tree count make the ONNX export
-    reproduce scikit-learn's classes exactly (see :data:`N_TREES`).
+
+def estimator_params(family: str, seed: int, n_trees: int = N_TREES) -> tuple[str, dict[str, Any]]:
+    """Class path and parameters of the scikit-learn estimator of a family."""
+    if family == "forest":
+        return "sklearn.ensemble.RandomForestClassifier", {
+            "n_estimators": n_trees,
+            "random_state": seed,
+        }
+    if family == "boosting":
+        return "sklearn.ensemble.HistGradientBoostingClassifier", {
+            **BOOSTING_PARAMS,
+            "random_state": seed,
+        }
+    raise ValueError(f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
+
+
+def fit_sklearn(
+    X: np.ndarray, y: np.ndarray, seed: int, n_trees: int = N_TREES, family: str = "forest"
+) -> Any:
+    """A scikit-learn classifier of ``family`` fitted on the capped sample.
+
+    ``forest``: fully grown trees (pure leaves) and a power-of-two tree count make the
+    ONNX export reproduce scikit-learn's classes exactly (see :data:`N_TREES`).
+    ``boosting``: :data:`BOOSTING_PARAMS` (``n_trees`` is not used); the ONNX model
+    sums leaf values in float32, so a pixel whose two best classes are within float32
+    rounding may differ from scikit-learn (``onnx_agreement`` in the bundle says how often).
     """
-    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 
-    model = RandomForestClassifier(n_estimators=n_trees, random_state=seed, n_jobs=-1)
-    return model.fit(X, y)
+    _, params = estimator_params(family, seed, n_trees)
+    if family == "forest":
+        return RandomForestClassifier(**params, n_jobs=-1).fit(X, y)
+    return HistGradientBoostingClassifier(**params).fit(X, y)
 
 
 def fit_mllib(
@@ -253,6 +283,8 @@ class TrainerInput:
         Training / held-out pixels per class.
     seed, n_trees : int
         Random seed and trees per forest.
+    family : str
+        ``forest`` or ``boosting`` (:data:`FAMILIES`; the ``sklearn`` trainer only).
     """
 
     sampled: DataFrame
@@ -264,6 +296,7 @@ class TrainerInput:
     test_cap: int
     seed: int
     n_trees: int = N_TREES
+    family: str = "forest"
 
 
 def train_sklearn(t: TrainerInput) -> tuple[Any, Sample]:
@@ -274,7 +307,8 @@ def train_sklearn(t: TrainerInput) -> tuple[Any, Sample]:
     with phase("collect sample"):
         sample = collect_sample(t.sampled, t.features, t.cap, t.test_cap, t.seed)
     with phase("fit sklearn"):
-        model = fit_sklearn(sample.X_train, sample.y_train, t.seed, t.n_trees)
+        model = fit_sklearn(sample.X_train, sample.y_train, t.seed, t.n_trees, t.family)
+    estimator, params = estimator_params(t.family, t.seed, t.n_trees)
     metrics = classification_metrics(
         sample.y_test,
         model.predict(sample.X_test),
@@ -284,8 +318,9 @@ def train_sklearn(t: TrainerInput) -> tuple[Any, Sample]:
     )
     meta = {
         **t.meta,
-        "estimator": "sklearn.ensemble.RandomForestClassifier",
-        "params": {"n_estimators": t.n_trees, "random_state": t.seed},
+        "family": t.family,
+        "estimator": estimator,
+        "params": params,
         "sample": {
             "max_per_class": t.cap,
             "max_test_per_class": t.test_cap,
@@ -319,6 +354,7 @@ def train_mllib(t: TrainerInput) -> tuple[Any, None]:
         metrics = mllib_metrics(model, test_df, t.features, t.classes, t.seed)
     meta = {
         **t.meta,
+        "family": "forest",
         "estimator": "pyspark.ml.classification.RandomForestClassifier",
         "params": {"numTrees": t.n_trees, "maxDepth": 14, "seed": t.seed},
         "format": "spark",

@@ -21,15 +21,23 @@ from rasterio.features import rasterize
 from rasterio.warp import transform_geom
 from reference import demo_landsat_scene, demo_s2_scene
 
-from pipelines.classify import classify, load_model, main, resolve_model
+from pipelines.classify import classify, load_model, main, resolve_model, upstream
 from pipelines.config import load_config
 from pipelines.features import features
 from pipelines.ingest import Run, ingest
 from pipelines.lakehouse import Lakehouse
 from pipelines.runs import run_stage
 from pipelines.train import train_model
+from udfs.errors import ConfigError
 from udfs.inference import NODATA_CLASS, NODATA_CONFIDENCE, class_dtype, classify_tile
-from udfs.models import ModelError, check_data, load_bundle, session_from_bytes, write_metadata
+from udfs.models import (
+    ModelError,
+    check_data,
+    load_bundle,
+    model_bands,
+    session_from_bytes,
+    write_metadata,
+)
 
 JUNE = "S2B_MSIL2A_20240621T103629_N0510_R008_T31UFS_20240621T133010"
 BLOCK_PX, TEST_FRACTION, SEED = 64, 0.3, 3
@@ -506,3 +514,33 @@ def test_balanced_groups_split_files_by_size():
     assert all(g == sorted(g) for g in groups)
     assert balanced_groups({"a": 1}, 4) == [["a"]]  # no empty groups
     assert balanced_groups({}, 2) == []
+
+
+# ----------------------------------------------------------------------------- ingest.bands
+
+
+def test_model_bands_are_its_band_features_and_the_bands_of_its_indices(tmp_path):
+    bundle = tiny_bundle(tmp_path / "m", ["red", "rededge1", "ndvi", "mndwi"], ["sentinel2-l2a"])
+    # NDVI: nir, red; MNDWI: green, swir16 (Sentinel-2 columns).
+    assert model_bands(bundle, "sentinel2-l2a") == {"red", "rededge1", "nir", "green", "swir16"}
+
+
+def test_classify_refuses_scenes_tiled_without_a_band_the_model_needs(spark, demo_root, tmp_path):
+    source = demo_root / "scenes" / "sentinel2" / f"{JUNE}.SAFE"
+    config = load_config(
+        "local",
+        [f"ingest.source={source}", f"storage.root={tmp_path / 'lake'}", "ingest.bands=red,nir"],
+    )
+    lake = Lakehouse(spark, config.storage)
+    bundle = tiny_bundle(tmp_path / "m", ["red", "rededge1", "ndvi"], ["sentinel2-l2a"])
+    # Before ingest: ingest.bands leaves out what the model reads.
+    with pytest.raises(ConfigError, match="needs band\\(s\\) rededge1 of sentinel2-l2a"):
+        upstream(config, bundle, lake)
+    assert not lake.exists("tiles")
+    assert ingest(spark, lake, Run(config)).ingested == [JUNE]
+    # After ingest: the scene's tiles lack rededge1; nothing is classified.
+    with pytest.raises(ConfigError, match=f"rededge1 but scene {JUNE} was ingested without"):
+        classify(spark, lake, Run(config, job="classify"), bundle)
+    assert not lake.exists("predictions") or lake.read("predictions").count() == 0
+    ok = tiny_bundle(tmp_path / "ok", ["red", "nir", "ndvi"], ["sentinel2-l2a"])
+    upstream(config, ok, lake)  # red + nir suffice

@@ -17,10 +17,12 @@ from rasterio.enums import Resampling
 from rasterio.windows import from_bounds
 
 from pipelines.config import load_config
-from pipelines.ingest import ingest
+from pipelines.ingest import ingest, tiled_bands
 from pipelines.lakehouse import Lakehouse
 from pipelines.runs import Run
 from udfs.errors import ConfigError
+from udfs.ingest_udfs import check_tiled_bands
+from udfs.sensors import SENSORS
 
 pytestmark = pytest.mark.slow
 
@@ -323,3 +325,83 @@ def test_spark_writer_gives_the_same_tiles_as_the_arrow_writer(spark, demo_root,
     a = sorted(tuple(r) for r in arrow_lake.read("tiles").select(*cols).collect())
     s = sorted(tuple(r) for r in spark_lake.read("tiles").select(*cols).collect())
     assert a == s and len(a) > 0
+
+
+# ----------------------------------------------------------------------------- ingest.bands
+
+
+def test_band_list_names_columns_of_each_sensor_and_always_keeps_quality_bands():
+    c = load_config("local", ["ingest.bands=red,B08"])
+    assert c.ingest.band_columns("sentinel2-l2a") == ("red", "nir", "qa")
+    # B08 is a Sentinel-2 name: Landsat keeps red and its two quality bands.
+    assert c.ingest.band_columns("landsat-c2l2") == ("red", "qa", "radsat")
+    every = load_config("local").ingest
+    assert every.band_columns("sentinel2-l2a") == tuple(
+        b.common for b in SENSORS["sentinel2-l2a"].bands
+    )
+
+
+def test_unknown_band_in_the_band_list_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match="ingest.bands: unknown band 'rde'"):
+        load_config("local", ["ingest.bands=red,rde"])
+
+
+def test_band_list_is_part_of_the_tiling_digest_but_not_when_empty():
+    base = load_config("local").ingest
+    # The digest of "every band" is what tables ingested before ingest.bands hold.
+    assert base.tiling_digest() == "9df9e17b8df324c6"
+    a = load_config("local", ["ingest.bands=red,nir"]).ingest
+    b = load_config("local", ["ingest.bands=NIR,Red"]).ingest
+    assert a.tiling_digest() == b.tiling_digest() != base.tiling_digest()
+
+
+def test_missing_tiled_band_is_refused_naming_the_band_and_the_key():
+    tiled = {"s1": ["red", "nir", "qa"], "s2": ["blue", "red", "nir", "qa"]}
+    check_tiled_bands(tiled, {"s1": {"red", "nir"}, "s2": {"blue"}}, "model m")
+    with pytest.raises(ConfigError, match=r"model m needs band\(s\) blue, swir16 but scene s1"):
+        check_tiled_bands(tiled, {"s1": {"blue", "swir16", "red"}, "s2": {"blue"}}, "model m")
+    with pytest.raises(ConfigError, match="ingest.bands"):
+        check_tiled_bands({}, {"s3": {"red"}}, "features.indices")
+
+
+def test_only_listed_bands_are_tiled_and_the_others_are_null(spark, demo_root, tmp_path):
+    scene = s2_scenes(demo_root)[0]
+    sid = scene.name.removesuffix(".SAFE")
+    run, lake = run_ingest(spark, scene.parent, tmp_path / "lake", "ingest.bands=red,nir")
+    assert run.rejected == [] and sid in run.ingested
+    rows = [r.asDict() for r in lake.read("tiles").filter(F.col("scene_id") == sid).collect()]
+    with rasterio.open(band_file(scene, "_B04_10m.tif")) as ref:
+        red = ref.read(1)
+        h, w = ref.height, ref.width
+        qa = on_grid(band_file(scene, "_SCL_20m.tif"), ref)
+    with rasterio.open(band_file(scene, "_B08_10m.tif")) as src:
+        nir = src.read(1)
+    np.testing.assert_array_equal(mosaic(rows, "red", h, w), red)
+    np.testing.assert_array_equal(mosaic(rows, "nir", h, w), nir)
+    np.testing.assert_array_equal(mosaic(rows, "qa", h, w), qa)
+    for column in ("coastal", "blue", "green", "rededge1", "nir08", "swir16", "swir22"):
+        assert all(r[column] is None for r in rows), column
+    # valid: data in every tiled reflectance band (here red and nir).
+    got = np.zeros((h, w), dtype=bool)
+    for r in rows:
+        bits = np.unpackbits(np.frombuffer(r["valid"], np.uint8), count=r["height"] * r["width"])
+        got[r["row_off"] : r["row_off"] + r["height"], r["col_off"] : r["col_off"] + r["width"]] = (
+            bits.reshape(r["height"], r["width"]).astype(bool)
+        )
+    np.testing.assert_array_equal(got, (red != 0) & (nir != 0))
+    bands = lake.read("scenes").filter(F.col("scene_id") == sid).first().bands
+    assert [b.column for b in bands] == ["red", "nir", "qa"]
+    assert tiled_bands(lake, [sid]) == {sid: ["red", "nir", "qa"]}
+    # A changed band list changes the tiles: refused unless --rebuild, then re-tiled.
+    with pytest.raises(ConfigError, match="bands=red,nir,swir16; refusing"):
+        run_ingest(spark, scene.parent, tmp_path / "lake", "ingest.bands=red,nir,swir16")
+    run_ingest(
+        spark, scene.parent, tmp_path / "lake", "ingest.bands=red,nir,swir16", "ingest.rebuild=true"
+    )
+    assert tiled_bands(lake, [sid]) == {sid: ["red", "nir", "swir16", "qa"]}
+    n = lake.read("tiles").filter(F.col("scene_id") == sid).count()
+    assert n == len(rows)
+    assert (
+        lake.read("tiles").filter((F.col("scene_id") == sid) & F.col("swir16").isNull()).count()
+        == 0
+    )

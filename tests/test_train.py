@@ -363,6 +363,7 @@ def sk(spark, lake, demo_root, tmp_path_factory):
         config,
         labels_path(demo_root),
         trainer="sklearn",
+        family="forest",
         max_per_class=1500,
         block_px=BLOCK_PX,
         test_fraction=TEST_FRACTION,
@@ -735,3 +736,43 @@ def test_mllib_model_reaches_0_8_on_the_same_held_out_blocks(
     print(f"mllib held-out overall accuracy {accuracy:.4f} on {len(y)} pixels")
     assert accuracy >= 0.8
     assert result.metadata["metrics"]["overall_accuracy"] >= 0.75
+
+
+def test_model_family_key_is_validated_before_spark_starts():
+    assert load_config("local", ["train.family=boosting"]).train.family == "boosting"
+    with pytest.raises(PipelineError, match="train.family must be forest or boosting"):
+        load_config("local", ["train.family=svm"])
+    with pytest.raises(PipelineError, match="needs train.trainer=sklearn"):
+        load_config("local", ["train.family=boosting", "train.trainer=mllib"])
+
+
+def test_boosting_model_is_held_out_on_the_same_polygons_and_its_onnx_agrees(
+    spark, lake, demo_root, held_out_pixels, sk, tmp_path
+):
+    config, lk = lake
+    result = train_model(
+        spark,
+        lk,
+        config,
+        labels_path(demo_root),
+        trainer="sklearn",
+        family="boosting",
+        max_per_class=1500,
+        block_px=BLOCK_PX,
+        test_fraction=TEST_FRACTION,
+        seed=SEED,
+        model_out=tmp_path / "gb",
+    )
+    bundle = load_bundle(result.bundle_path)
+    meta = bundle.metadata
+    assert meta["family"] == "boosting"
+    assert meta["estimator"] == "sklearn.ensemble.HistGradientBoostingClassifier"
+    assert meta["split"]["test_polygons"] == sk.metadata["split"]["test_polygons"]
+    X, y = held_out_pixels["X"], held_out_pixels["y"]
+    classes, conf = predict_pixels(bundle, X)
+    # ONNX sums leaf values in float32: a near-tie may flip, nothing more.
+    assert float((classes == result.model.predict(X)).mean()) >= 0.999
+    accuracy = float((classes == y).mean())
+    print(f"boosting held-out overall accuracy {accuracy:.4f} on {len(y)} pixels")
+    assert accuracy >= 0.9
+    assert ((conf > 0) & (conf <= 1)).all()

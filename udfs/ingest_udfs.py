@@ -8,7 +8,7 @@ failing the task, so one bad scene never stops the others.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, datetime
 from typing import Any
@@ -20,7 +20,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 
-from udfs.errors import SceneError
+from udfs.errors import ConfigError, SceneError
 from udfs.reader import GDAL_ENV, SceneSource, inspect_scene, read_block, scene_error_row
 from udfs.sensors import BAND_COLUMNS, SENSORS
 from udfs.tiling import (
@@ -39,6 +39,40 @@ TILE_KEYS = ("scene_id", "tile_row", "tile_col")
 #: only, not the file's other tiles (a row group's column chunk is decompressed whole).
 #: Readers of whole files combine row groups (:func:`udfs.feature_udfs.file_row_groups`).
 TILES_PER_ROW_GROUP = 1
+
+
+def check_tiled_bands(
+    tiled: Mapping[str, Collection[str]], needed: Mapping[str, Collection[str]], what: str
+) -> None:
+    """Refuse scenes whose tiles lack a band the caller needs (``ingest.bands``).
+
+    Parameters
+    ----------
+    tiled : mapping of str to collection of str
+        scene_id -> band columns its tiles hold (``scenes.bands[].column``).
+    needed : mapping of str to collection of str
+        scene_id -> band columns the caller reads for that scene (e.g. the bands of a
+        model's features and indices, for the scene's sensor).
+    what : str
+        Who needs them, for the message (``model m1``, ``features.indices``).
+
+    Raises
+    ------
+    ConfigError
+        Naming the first scene (sorted), the missing band columns, the count of scenes
+        affected and the key to set.
+    """
+    short = {s: sorted(set(cols) - set(tiled.get(s, ()))) for s, cols in sorted(needed.items())}
+    short = {s: m for s, m in short.items() if m}
+    if not short:
+        return
+    scene, missing = next(iter(short.items()))
+    raise ConfigError(
+        f"{what} needs band(s) {', '.join(missing)} but scene {scene} was ingested without "
+        f"them ({len(short)} scene(s) affected; tiled: {', '.join(tiled.get(scene, ())) or '-'})."
+        f" Add them to ingest.bands (empty: every band) and re-ingest those scenes with "
+        f"--rebuild."
+    )
 
 
 def inspect_records(sources: Iterable[str]) -> list[tuple[str, str | None, str | None]]:
@@ -103,8 +137,9 @@ def block_table(
         the sensor's nodata DN), encoded as :mod:`udfs.tiling` states, column-wise from
         the block arrays (:func:`udfs.tiling.encode_tiles`); columns the sensor lacks
         are null, and so is an optional band the product lacks (``radsat`` without
-        ``QA_RADSAT``: the scene's ``bands`` do not list it). ``valid`` marks pixels that
-        hold data in every reflectance band (role ``reflectance``; quality bands never
+        ``QA_RADSAT``: the scene's ``bands`` do not list it), and so is a band the
+        scene's ``bands`` leave out (``ingest.bands``). ``valid`` marks pixels that hold
+        data in every tiled reflectance band (role ``reflectance``; quality bands never
         count).
     """
     sensor = SENSORS[scene["sensor"]]
@@ -116,7 +151,8 @@ def block_table(
     ]
     valid = np.ones((block.height, block.width), dtype=bool)
     for b in sensor.reflectance_bands:
-        valid &= arrays[b.common] != sensor.nodata
+        if b.common in arrays:  # bands not tiled (``ingest.bands``) do not count
+            valid &= arrays[b.common] != sensor.nodata
     tile_valid = [valid[r : r + h, c : c + w] for r, c, h, w in cuts]
     grid = tuple(scene["transform"])
     bounds = [window_bounds(grid, w.row_off, w.col_off, w.height, w.width) for w in windows]
@@ -236,8 +272,19 @@ def write_table_file(
     rel = f"{folder}/{name}" if folder else name
     full = f"{table_path}/{rel}"
     os.makedirs(os.path.dirname(full), exist_ok=True)
+    # Pixel columns (binary: one encoded raster per row) get neither a dictionary nor
+    # min/max statistics: every value is distinct, so the writer would hash and compare
+    # each raster for nothing (profile, bench/ingest_bench.py). Small columns keep both,
+    # for row-group pruning on the keys.
+    small = [f.name for f in table.schema if not pa.types.is_binary(f.type)]
     pq.write_table(
-        table, full, compression="zstd", compression_level=zstd_level, row_group_size=row_group_rows
+        table,
+        full,
+        compression="zstd",
+        compression_level=zstd_level,
+        row_group_size=row_group_rows,
+        use_dictionary=small,
+        write_statistics=small,
     )
     st = os.stat(full)
     return {

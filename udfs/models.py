@@ -23,11 +23,12 @@ Decisions
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,11 @@ REQUIRED_KEYS = (
     "metrics",
     "created",
 )
-#: Rows predicted per onnxruntime call: bounds the probability matrix held at once.
-PREDICT_CHUNK = 65536
+#: Rows predicted per onnxruntime call: bounds the probability matrix held at once. The
+#: 64-tree demo forest on one thread predicted 0.214 Mpx/s in calls of 65 536 rows (a
+#: whole 256 px tile) and 0.25-0.27 Mpx/s in calls of 256..16 384 (issue 12, one run):
+#: a smaller batch keeps the rows being routed through the trees in cache.
+PREDICT_CHUNK = 16384
 
 
 class ModelError(PipelineError, ValueError):
@@ -171,6 +175,32 @@ def write_metadata(path: Path, metadata: Mapping[str, Any]) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def _int_missing_flags() -> Iterator[None]:
+    """Let skl2onnx convert HistGradientBoosting models with this onnx.
+
+    skl2onnx 1.20 gives each leaf's ``nodes_missing_value_tracks_true`` as a Python
+    ``False``, which onnx >= 1.18 refuses in an ints attribute ("Expected an int, got a
+    boolean"); the flag is given as 0/1 for the conversion's duration. It only matters
+    for NaN inputs, which are never predicted (:func:`predict_with_session`).
+    """
+    from skl2onnx.common import tree_ensemble
+
+    original = tree_ensemble.add_node
+
+    def add_node(*args: Any, **kwargs: Any) -> Any:
+        flag = kwargs.get("nodes_missing_value_tracks_true")
+        if flag is not None:
+            kwargs["nodes_missing_value_tracks_true"] = int(flag)
+        return original(*args, **kwargs)
+
+    tree_ensemble.add_node = add_node
+    try:
+        yield
+    finally:
+        tree_ensemble.add_node = original
+
+
 def sklearn_to_onnx(estimator: Any, n_features: int) -> bytes:
     """Serialized ONNX model of a fitted scikit-learn classifier (float32 input ``X``).
 
@@ -181,11 +211,12 @@ def sklearn_to_onnx(estimator: Any, n_features: int) -> bytes:
     from skl2onnx.common.data_types import FloatTensorType
 
     try:
-        onx = to_onnx(
-            estimator,
-            initial_types=[("X", FloatTensorType([None, int(n_features)]))],
-            options={id(estimator): {"zipmap": False}},
-        )
+        with _int_missing_flags():
+            onx = to_onnx(
+                estimator,
+                initial_types=[("X", FloatTensorType([None, int(n_features)]))],
+                options={id(estimator): {"zipmap": False}},
+            )
     except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
         raise ModelError(
             f"cannot convert {type(estimator).__name__} to ONNX with skl2onnx: {e}"
@@ -309,6 +340,22 @@ def sensor_features(sensor_key: str) -> set[str]:
             continue
         names.add(index.lower())
     return names
+
+
+def model_bands(bundle: ModelBundle, sensor_key: str) -> set[str]:
+    """``tiles`` band columns a sensor's scenes must hold to feed the model: its band
+    features and the bands of its indices (quality bands are always tiled)."""
+    from udfs.indices import MissingIndexBandError, index_columns
+    from udfs.sensors import SENSORS
+
+    commons = {b.common for b in SENSORS[sensor_key].reflectance_bands}
+    out = {f for f in bundle.feature_names if f in commons}
+    for index in index_names(bundle):
+        try:
+            out.update(index_columns([index], sensor_key)[index].values())
+        except MissingIndexBandError:
+            continue  # check_data refuses such a sensor with its own message
+    return out
 
 
 def index_names(bundle: ModelBundle) -> list[str]:
