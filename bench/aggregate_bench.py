@@ -81,7 +81,8 @@ def baseline(safe: Path, regions: Path, threads: int = 2) -> dict[tuple[str, str
     files = {}
     for band in SENTINEL2_L2A.bands:
         (files[band.common],) = sorted(safe.glob(f"GRANULE/*/IMG_DATA/*/*_{band.name}_*m.tif"))
-    scaling = scaling_from_mtd(safe)
+    by_column = scaling_from_mtd(safe)  # tiles column -> (scale, offset)
+    scaling = {b.name: by_column[b.common] for b in SENTINEL2_L2A.reflectance_bands}
     t = pq.read_table(regions)
     items = list(zip(t.column("id").to_pylist(), shapely.from_wkb(t.column("geometry")),
                      strict=True))  # fmt: skip
