@@ -134,7 +134,7 @@ def aggregate(
             for sid, s in scenes.items():
                 s["crs"] = f"{s['crs']}#{sid}"
                 geoms[s["crs"]] = regions_in_crs(rset, s["crs"].split("#")[0], s)
-        p = plan(spark, lake, run, rset, scenes, model_classes, geoms)
+        p = plan(lake, run, rset, scenes, model_classes, geoms)
     results: list[dict[str, Any]] = []
     if p.units:
         ctx = {

@@ -19,7 +19,6 @@ from datetime import date
 from typing import Any
 
 import pyarrow.dataset as ds
-from pyspark.sql import SparkSession
 from rasterio.crs import CRS
 from rasterio.warp import transform_geom
 from shapely.geometry import box, mapping, shape
@@ -206,7 +205,6 @@ def change_groups(
 
 
 def plan(
-    spark: SparkSession,
     lake: Lakehouse,
     run: Run,
     rset: RegionSet,
