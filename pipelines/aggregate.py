@@ -71,7 +71,7 @@ from pipelines.aggregate_plan import (
 )
 from pipelines.analysis_tables import build_rows, write_tables
 from pipelines.config import Config, load_config
-from pipelines.jobs import Job, Stage, run_main
+from pipelines.jobs import Job, Stage, job_parser, run_main
 from pipelines.lakehouse import Lakehouse
 from pipelines.preflight import require_file, require_tiles, row_count, table_exists
 from pipelines.regions_io import FOOTPRINT_SET, RegionSet, RegionsFileError, load_regions
@@ -167,15 +167,9 @@ def aggregate(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="aggregate", description=__doc__.split("\n")[0])
-    p.add_argument("--profile", default="local", help="conf/<profile>.yaml or a YAML path")
-    p.add_argument("--root", help="table root folder (storage.root)")
+    p = job_parser("aggregate", __doc__.split("\n")[0])
     p.add_argument("--regions", help="regions file (aggregate.regions)")
     p.add_argument("--model", help="latest | a model id | all (aggregate.model)")
-    p.add_argument(
-        "--verbose", "-v", action="store_true", help="phase timings, Spark warnings, Ivy output"
-    )
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return p.parse_args(argv)
 
 

@@ -41,7 +41,7 @@ from pipelines.datamodel import MODELS, PREDICTIONS, TABLES, TILE_PREDICTIONS
 from pipelines.discover import discover
 from pipelines.features import features, file_groups, scene_table, tile_input, use_file_reader
 from pipelines.ingest import ingest, tiled_bands
-from pipelines.jobs import Job, Stage, run_main
+from pipelines.jobs import Job, Stage, job_parser, run_main
 from pipelines.lakehouse import Lakehouse
 from pipelines.preflight import class_counts, classify_plan, classify_settled, table_exists
 from pipelines.runs import ListParam, Run, phase
@@ -320,19 +320,13 @@ def classify(spark: SparkSession, lake: Lakehouse, run: Run, bundle: ModelBundle
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="classify", description=__doc__.split("\n")[0])
-    p.add_argument("--profile", default="local", help="conf/<profile>.yaml or a YAML path")
-    p.add_argument("--root", help="table root folder (storage.root)")
+    p = job_parser("classify", __doc__.split("\n")[0])
     p.add_argument("--source", help="scenes to ingest first (ingest.source)")
     p.add_argument("--model", help="model bundle folder, or 'latest' (classify.model)")
     p.add_argument(
         "--ingest", choices=("auto", "always", "never"), help="run ingest first (classify.ingest)"
     )
     p.add_argument("--rebuild", action="store_true", help="redo this model's predictions")
-    p.add_argument(
-        "--verbose", "-v", action="store_true", help="phase timings, Spark warnings, Ivy output"
-    )
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return p.parse_args(argv)
 
 

@@ -51,7 +51,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from pipelines.config import Config, load_config
 from pipelines.datamodel import COMPOSITES
-from pipelines.jobs import Job, run_main
+from pipelines.jobs import Job, job_parser, run_main
 from pipelines.lakehouse import Lakehouse
 from pipelines.preflight import require_tiles
 from pipelines.runs import ListParam, Run, phase
@@ -361,15 +361,9 @@ def composites(spark: SparkSession, lake: Lakehouse, run: Run, period: str | Non
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="composites", description=__doc__.split("\n")[0])
-    p.add_argument("--profile", default="local", help="conf/<profile>.yaml or a YAML path")
-    p.add_argument("--root", help="table root folder (storage.root)")
+    p = job_parser("composites", __doc__.split("\n")[0])
     p.add_argument(
         "--period", choices=PERIOD_KINDS, help="period kind (default aggregate.composite_period)"
-    )
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument(
-        "--verbose", "-v", action="store_true", help="phase timings, Spark warnings, Ivy output"
     )
     return p.parse_args(argv)
 

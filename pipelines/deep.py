@@ -41,7 +41,7 @@ from pyspark.sql.types import (
 
 from pipelines.config import Config, load_config
 from pipelines.features import scene_table
-from pipelines.jobs import Job, run_main
+from pipelines.jobs import Job, job_parser, run_main
 from pipelines.lakehouse import Lakehouse
 from pipelines.runs import Run
 from udfs.deep import (
@@ -149,14 +149,11 @@ def classify_chips(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="deep", description=__doc__.split("\n")[0])
-    p.add_argument("--profile", default="local", help="conf/<profile>.yaml or a YAML path")
-    p.add_argument("--root", help="table root folder (storage.root)")
+    p = job_parser("deep", __doc__.split("\n")[0])
     p.add_argument("--model", help="ONNX chip model (default: build the demo CNN)")
     p.add_argument("--scenes", help="comma-separated scene ids (default: all)")
     p.add_argument("--batch-size", type=int, default=64, help="chips per model call")
     p.add_argument("--seed", type=int, default=0, help="weights of the demo CNN")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return p.parse_args(argv)
 
 
@@ -213,7 +210,9 @@ def plan(args: argparse.Namespace, config: Config) -> Job:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_main(JOB, lambda: config_from_args(args), lambda config: plan(args, config))
+    return run_main(
+        JOB, lambda: config_from_args(args), lambda config: plan(args, config), verbose=args.verbose
+    )
 
 
 if __name__ == "__main__":

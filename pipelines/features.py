@@ -30,7 +30,7 @@ from pyspark.sql.types import FloatType, IntegerType, StringType, StructField, S
 
 from pipelines.config import Config, load_config
 from pipelines.datamodel import TILE_FEATURES, TILES
-from pipelines.jobs import Job, run_main
+from pipelines.jobs import Job, job_parser, run_main
 from pipelines.lakehouse import Lakehouse
 from pipelines.preflight import features_settled, require_tiles
 from pipelines.runs import ListParam, Run, phase
@@ -259,15 +259,9 @@ def pixel_features(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="features", description=__doc__.split("\n")[0])
-    p.add_argument("--profile", default="local", help="conf/<profile>.yaml or a YAML path")
-    p.add_argument("--root", help="table root folder (storage.root)")
+    p = job_parser("features", __doc__.split("\n")[0])
     p.add_argument("--max-cloud-fraction", type=float, help="features.max_cloud_fraction")
     p.add_argument("--rebuild", action="store_true", help="recompute features of other settings")
-    p.add_argument(
-        "--verbose", "-v", action="store_true", help="phase timings, Spark warnings, Ivy output"
-    )
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return p.parse_args(argv)
 
 

@@ -28,7 +28,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from pipelines.config import Config, load_config
 from pipelines.datamodel import SCENES, TABLES, TILES
 from pipelines.discover import discover
-from pipelines.jobs import Job, run_main
+from pipelines.jobs import Job, job_parser, run_main
 from pipelines.lakehouse import Lakehouse
 from pipelines.preflight import absolute_sources, check_source, ingest_settled, row_count
 from pipelines.runs import ListParam, Run, phase
@@ -336,26 +336,14 @@ def ingest(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="ingest", description=__doc__.split("\n")[0])
-    p.add_argument("--profile", default="local", help="conf/<profile>.yaml or a YAML path")
+    p = job_parser("ingest", __doc__.split("\n")[0])
     p.add_argument("--source", help="scene folder(s) or STAC JSON (comma-separated)")
-    p.add_argument("--root", help="table root folder (storage.root)")
     p.add_argument("--format", choices=("delta", "parquet"), help="table format")
     p.add_argument("--tile-size", type=int, help="tile side in pixels (ingest.tile_size)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (ingest.overlap)")
     p.add_argument("--resampling", help="resampling of coarser bands (ingest.resampling)")
     p.add_argument("--strict", action="store_true", help="fail on the first bad input")
     p.add_argument("--rebuild", action="store_true", help="re-tile scenes tiled differently")
-    p.add_argument(
-        "--verbose", "-v", action="store_true", help="phase timings, Spark warnings, Ivy output"
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override any config key (repeatable)",
-    )
     return p.parse_args(argv)
 
 

@@ -27,6 +27,7 @@ how to build its configuration, and a ``plan`` that turns the configuration into
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -37,6 +38,20 @@ from pipelines.lakehouse import Lakehouse
 from pipelines.preflight import driver_lake, spark_free
 from pipelines.runs import REFUSED, Run, Work, record_run_arrow, run_stage
 from udfs.errors import ConfigError, PipelineError
+
+
+def job_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The flags every job has: ``--profile``, ``--root``, ``--verbose`` and ``--set``;
+    each job adds its own."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--profile", default="local", help="conf/<profile>.yaml or a YAML path")
+    p.add_argument("--root", help="table root folder (storage.root)")
+    p.add_argument(
+        "--verbose", "-v", action="store_true", help="phase timings, Spark warnings, Ivy output"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config key (repeatable)")  # fmt: skip
+    return p
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from pyspark.sql import SparkSession
 
 from pipelines.config import Config, load_config
 from pipelines.datamodel import TABLES, Table
-from pipelines.jobs import Job, run_main
+from pipelines.jobs import Job, job_parser, run_main
 from pipelines.lakehouse import Lakehouse
 from pipelines.runs import Run, phase
 from udfs.errors import ConfigError
@@ -141,16 +141,12 @@ def maintain(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="maintain", description=__doc__.split("\n")[0])
-    p.add_argument("--profile", default="local", help="conf/<profile>.yaml or a YAML path")
-    p.add_argument("--root", help="table root folder (storage.root)")
+    p = job_parser("maintain", __doc__.split("\n")[0])
     p.add_argument("--tables", help="comma-separated table names (default: every table)")
     p.add_argument("--retention-hours", type=float, default=SAFE_RETENTION_HOURS,
                    help="VACUUM retention (default 168 = 7 days, Delta's own)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="allow a retention under 168 hours")
     p.add_argument("--no-zorder", action="store_true", help="compact only, no clustering")
-    p.add_argument("--verbose", "-v", action="store_true", help="Spark warnings, phase timings")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return p.parse_args(argv)
 
 

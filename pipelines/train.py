@@ -51,7 +51,7 @@ from pyspark.sql import SparkSession
 
 from pipelines.config import Config, load_config
 from pipelines.features import scene_table
-from pipelines.jobs import Job, run_main
+from pipelines.jobs import Job, job_parser, run_main
 from pipelines.labels_io import read_labels
 from pipelines.lakehouse import Lakehouse
 from pipelines.preflight import require_features, require_file
@@ -241,9 +241,7 @@ def train(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="train", description=__doc__.split("\n")[0])
-    p.add_argument("--profile", default="local", help="conf/<profile>.yaml or a YAML path")
-    p.add_argument("--root", help="table root folder (storage.root)")
+    p = job_parser("train", __doc__.split("\n")[0])
     # Defaults come from the profile's train section (conf/<profile>.yaml).
     p.add_argument("--labels", help="GeoJSON / GeoParquet polygons (train.labels)")
     p.add_argument("--class-column", help="property holding the class (train.class_column)")
@@ -257,10 +255,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scenes", help="comma-separated scene ids to train on (default: all)")
     p.add_argument("--sensors", help="comma-separated sensors to train on (default: all)")
     p.add_argument("--model-out", help="bundle folder (default <train.models_dir>/<model_id>)")
-    p.add_argument(
-        "--verbose", "-v", action="store_true", help="phase timings, Spark warnings, Ivy output"
-    )
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return p.parse_args(argv)
 
 
