@@ -47,6 +47,92 @@ def delta_package() -> str:
     return f"io.delta:delta-spark_{spark_mm}_2.13:{version('delta-spark')}"
 
 
+#: AWS SDK v2 modules S3A needs (s3, its transfer manager, sts for assumed roles), at the
+#: version hadoop-aws was built against. Instead of the SDK's ``bundle`` jar, which
+#: hadoop-aws names but which weighs ~640 MB (it shades every AWS service): these and their
+#: dependencies are ~17 MB. Hadoop 3.4.2 (pyspark 4.1) builds against SDK 2.29.52.
+AWS_SDK_MODULES = ("s3", "s3-transfer-manager", "sts")
+AWS_SDK_VERSIONS = {"3.4.2": "2.29.52", "3.4.1": "2.24.6"}
+
+
+def hadoop_version() -> str:
+    """Version of the Hadoop client jars shipped inside the installed pyspark."""
+    import pyspark
+
+    jars = Path(pyspark.__file__).resolve().parent / "jars"
+    for jar in sorted(jars.glob("hadoop-client-api-*.jar")):
+        return jar.stem.removeprefix("hadoop-client-api-")
+    raise RuntimeError(f"no hadoop-client-api jar in {jars}")
+
+
+def s3_packages() -> list[str]:
+    """Maven coordinates of S3A (``hadoop-aws`` matching pyspark's Hadoop) and the SDK."""
+    hadoop = hadoop_version()
+    sdk = AWS_SDK_VERSIONS.get(hadoop)
+    if sdk is None:
+        raise RuntimeError(
+            f"no AWS SDK version known for Hadoop {hadoop}: add it to AWS_SDK_VERSIONS "
+            "(hadoop-project's aws-java-sdk-v2.version)"
+        )
+    return [
+        f"org.apache.hadoop:hadoop-aws:{hadoop}",
+        *(f"software.amazon.awssdk:{m}:{sdk}" for m in AWS_SDK_MODULES),
+    ]
+
+
+#: Left out of every resolution: the SDK bundle (see :data:`AWS_SDK_MODULES`).
+JAR_EXCLUDES = "software.amazon.awssdk:bundle"
+
+
+def uses_object_store(config: Config) -> bool:
+    """Whether the tables or the scenes of ``config`` live on S3 (``s3://``/``s3a://``)."""
+    places = [config.storage.root, *str(config.ingest.source or "").split(",")]
+    return any(p.strip().startswith(("s3://", "s3a://")) for p in places)
+
+
+def s3a_settings(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Hadoop S3A settings from the environment: endpoint, addressing, TLS, region.
+
+    Credentials are not copied: S3A's default chain reads ``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY`` (and profiles, web identity, instance roles) itself. ``s3://``
+    URIs are served by S3A too, so one URI works for Spark, GDAL and delta-rs.
+
+    Parameters
+    ----------
+    env : mapping, optional
+        Environment to read (default ``os.environ``). ``AWS_ENDPOINT_URL_S3`` or
+        ``AWS_ENDPOINT_URL`` (e.g. ``http://127.0.0.1:9000`` for MinIO) selects a custom
+        endpoint with path-style addressing; ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` the
+        region.
+    """
+    env = dict(os.environ if env is None else env)
+    out = {
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.AbstractFileSystem.s3.impl": "org.apache.hadoop.fs.s3a.S3A",
+    }
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        out["spark.hadoop.fs.s3a.endpoint"] = endpoint
+        out["spark.hadoop.fs.s3a.path.style.access"] = "true"
+        out["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(
+            endpoint.startswith("https://")
+        ).lower()
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region:
+        out["spark.hadoop.fs.s3a.endpoint.region"] = region
+    return out
+
+
+def with_s3(builder: SparkSession.Builder, config: Config) -> SparkSession.Builder:
+    """S3A settings (:func:`s3a_settings`) when the tables or scenes are on S3."""
+    if not uses_object_store(config):
+        return builder
+    for key, value in s3a_settings().items():
+        if key not in config.spark.conf:
+            builder = builder.config(key, value)
+    return builder
+
+
 #: Jar files Ivy resolved for a package list (``{"packages": [...], "jars": [...]}`` per
 #: entry), beside Spark's default Ivy cache.
 JARS_CACHE = Path.home() / ".ivy2.5.2" / "eo-lakehouse-jars.json"
@@ -132,8 +218,13 @@ def with_base(
     return builder
 
 
-def with_delta(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.Builder:
-    """Delta's SQL extension and catalog; its jar from Maven (Ivy-cached) or local jars."""
+def with_delta(
+    builder: SparkSession.Builder, cfg: SparkConfig, s3: bool = False
+) -> SparkSession.Builder:
+    """Delta's SQL extension and catalog; its jar from Maven (Ivy-cached) or local jars.
+
+    ``s3``: also S3A's jars (:func:`s3_packages`), for tables or scenes on S3.
+    """
     builder = builder.config(
         "spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension"
     ).config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
@@ -144,20 +235,32 @@ def with_delta(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.
     builder = builder.config(
         "spark.databricks.delta.snapshotPartitions", str(max(2, cfg.shuffle_partitions))
     )
+    return with_packages(builder, cfg, session_packages(cfg, s3))
+
+
+def with_packages(
+    builder: SparkSession.Builder, cfg: SparkConfig, packages: list[str]
+) -> SparkSession.Builder:
+    """The jars of ``packages``: resolved by Ivy once, then the cached jar files."""
     if under_spark_submit():
         return builder  # jars come from spark-submit (--packages or spark-defaults.conf)
     if cfg.jars:
         return builder.config("spark.jars", ",".join(cfg.jars))
-    packages = [delta_package(), *cfg.packages]
     jars = cached_jars(packages)
     if jars is not None:  # resolved before: no Ivy run (seconds, and ~55 lines of output)
         # Empty packages also override spark-defaults.conf's (make setup writes them there).
         return builder.config("spark.jars", ",".join(jars)).config("spark.jars.packages", "")
     builder = builder.config("spark.jars.packages", ",".join(packages))
+    builder = builder.config("spark.jars.excludes", JAR_EXCLUDES)
     settings = ivy_settings()
     if settings is not None:  # else Spark's own resolvers
         builder = builder.config("spark.jars.ivySettings", str(settings))
     return builder
+
+
+def session_packages(cfg: SparkConfig, s3: bool = False) -> list[str]:
+    """Maven packages of a session: Delta's, S3A's when ``s3``, then ``spark.packages``."""
+    return [delta_package(), *(s3_packages() if s3 else []), *cfg.packages]
 
 
 def with_parquet(builder: SparkSession.Builder, storage: StorageConfig) -> SparkSession.Builder:
@@ -205,7 +308,7 @@ def startup_log(config: Config, verbose: bool) -> Path | None:
     from pipelines.preflight import is_local, root_path
 
     spark = config.spark
-    packages = [delta_package(), *spark.packages]
+    packages = session_packages(spark, uses_object_store(config))
     if (
         verbose
         or under_spark_submit()
@@ -227,8 +330,11 @@ def build_session(config: Config, verbose: bool = True) -> SparkSession:
     """
     base = with_base(SparkSession.builder, config.spark, verbose)
     builder = with_parquet(base, config.storage)
+    builder = with_s3(builder, config)
     if config.storage.format == "delta":
-        builder = with_delta(builder, config.spark)
+        builder = with_delta(builder, config.spark, uses_object_store(config))
+    elif uses_object_store(config):
+        builder = with_packages(builder, config.spark, session_packages(config.spark, True)[1:])
     log = startup_log(config, verbose)
     if log is not None:
         print(f"resolving Spark's Delta jars once (log: {log})", file=sys.stderr, flush=True)
@@ -241,24 +347,32 @@ def build_session(config: Config, verbose: bool = True) -> SparkSession:
     return spark
 
 
-def spark_defaults(python: str = sys.executable, driver_log4j: Path | None = None) -> str:
+def spark_defaults(
+    python: str = sys.executable, driver_log4j: Path | None = None, object_store: bool = False
+) -> str:
     """``spark-defaults.conf`` text that lets plain ``spark-submit`` run the jobs with Delta.
 
     ``make setup`` writes it into the virtual environment's pyspark (``$SPARK_HOME/conf``),
-    which is where a cluster keeps the same settings.
+    which is where a cluster keeps the same settings. ``object_store``: S3A's jars too
+    (:func:`s3_packages`; the container image has them), and ``s3://`` served by S3A.
     """
+    packages = [delta_package(), *(s3_packages() if object_store else [])]
     lines = {
-        "spark.jars.packages": delta_package(),
+        "spark.jars.packages": ",".join(packages),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.pyspark.python": python,
         "spark.pyspark.driver.python": python,
     }
-    jars = cached_jars([delta_package()])
+    if object_store:
+        lines["spark.jars.excludes"] = JAR_EXCLUDES
+        lines.update({k: v for k, v in s3a_settings({}).items()})
+    jars = cached_jars(packages)
     comment = ""
     if jars is not None:  # resolved before: spark-submit need not run Ivy
         comment = f"# spark.jars: {lines.pop('spark.jars.packages')}, as Ivy resolved it\n"
         lines = {"spark.jars": ",".join(jars), **lines}
+        lines.pop("spark.jars.excludes", None)
     settings = ivy_settings()
     if settings is not None and jars is None:
         lines["spark.jars.ivySettings"] = str(settings.resolve())
@@ -285,7 +399,7 @@ appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
 """
 
 
-def write_spark_defaults() -> Path:
+def write_spark_defaults(object_store: bool = False) -> Path:
     """Write :func:`spark_defaults` to the installed pyspark's ``conf/spark-defaults.conf``
     (and the driver's warnings-only log4j2 configuration beside it)."""
     import pyspark
@@ -295,5 +409,5 @@ def write_spark_defaults() -> Path:
     log4j = conf_dir / "eo-driver-log4j2.properties"
     log4j.write_text(LOG4J2)
     path = conf_dir / "spark-defaults.conf"
-    path.write_text(spark_defaults(driver_log4j=log4j))
+    path.write_text(spark_defaults(driver_log4j=log4j, object_store=object_store))
     return path
