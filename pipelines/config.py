@@ -121,9 +121,18 @@ class IngestConfig:
     #: tiled: masks need them. Bands not tiled are null columns in ``tiles``, and the
     #: features and classify jobs refuse a scene that lacks a band they need.
     bands: tuple[str, ...] = ()
+    #: Where STAC hrefs and files reached through symlinks may resolve (input policy,
+    #: :mod:`pipelines.discover`): local folders (relative ones from the current folder)
+    #: or URL prefixes (``s3://bucket/prefix/``, ``https://host/path/``). The folder of
+    #: each source (a scene folder, or the folder of a STAC file) is always allowed; an
+    #: href anywhere else, any ``/vsi*`` path and any URL not under one of these is
+    #: rejected without being read.
+    allowed_roots: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _positive("ingest.tile_size", self.tile_size)
+        for root in self.allowed_roots:
+            _check_root(root)
         from udfs.sensors import SENSORS
 
         known = {k for s in SENSORS.values() for b in s.bands for k in b.keys}
@@ -423,6 +432,20 @@ class Config:
         """Stable digest of the whole configuration (recorded in ``runs``)."""
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _check_root(root: str) -> None:
+    """Raise :class:`ConfigError` for an ``ingest.allowed_roots`` entry that is empty or a
+    URL without a host or bucket (``s3://``)."""
+    from urllib.parse import urlsplit
+
+    if not root.strip():
+        raise ConfigError("ingest.allowed_roots: an entry is empty")
+    if "://" in root and not root.startswith("file://") and not urlsplit(root).netloc:
+        raise ConfigError(
+            f"ingest.allowed_roots: {root!r} names no host or bucket "
+            f"(expected e.g. s3://bucket/prefix/ or https://host/path/)"
+        )
 
 
 def _positive(key: str, value: int) -> None:

@@ -5,43 +5,214 @@ Discovery lists files, parses catalogue JSON and reads the products' small metad
 and so the band mapping, comes from that metadata (:mod:`udfs.metadata`); a product name
 that disagrees is rejected. Each candidate becomes a :class:`~udfs.reader.SceneSource` or a
 :class:`~udfs.errors.SceneError` (unknown layout, missing band, empty catalogue, metadata
-that disagrees with the name), so every input is accounted for.
+that disagrees with the name, an href the input policy refuses), so every input is
+accounted for.
+
+A source is a local path or an ``s3://`` URI (a prefix holding product folders, or a STAC
+file): listing and small reads go through :func:`udfs.reader.list_files` and
+:func:`udfs.reader.read_text`, which read ``s3://`` with the AWS environment's settings.
 
 Optional bands (Landsat ``QA_RADSAT``) are picked up when present; only the sensor's
 ``required_bands`` must be there.
+
+Input policy
+------------
+A catalogue is data from elsewhere; its hrefs decide which files the job reads and copies
+into tables. So every href is checked *before* anything is read from it
+(:class:`InputPolicy`):
+
+- **Allowed roots.** An href must resolve under an allowed root: the folder of the source
+  itself (a scene folder, or the folder holding the STAC file named as a source) or an
+  entry of ``ingest.allowed_roots`` (local folders, relative ones from the current folder,
+  or URL prefixes such as ``s3://bucket/prefix/``).
+- **Resolve, then check.** Local hrefs are made absolute (relative ones against their
+  catalogue), ``..`` removed and symlinks followed (``os.path.realpath``) before the
+  check, so a symlink inside a scene folder that leads elsewhere is refused too. URLs are
+  compared by scheme, host or bucket, and normalised path, at folder boundaries
+  (``s3://b/pre/`` does not cover ``s3://b/prefix2/``).
+- **Refused by default.** Absolute paths outside the roots, GDAL's ``/vsi*`` paths
+  (``/vsicurl/http://...``) and every URL (``http``, ``https``, ``s3``, ``gs``, ...) unless
+  an allowed root covers it.
+- **Per input.** A refused asset rejects its item (``NotAllowed``, naming the item, the
+  asset and the href); a refused catalogue link rejects that link. The other items go on.
+- **Safe ids.** Scene ids go into file names and table predicates: an id outside
+  :data:`udfs.errors.SAFE_ID` is rejected (``UnsafeId``).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
+import posixpath
 import re
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pystac
 
 from udfs import metadata
 from udfs.errors import (
     EmptyCatalogError,
+    HrefNotAllowedError,
     MetadataError,
     MissingBandError,
     SceneError,
     UnknownLayoutError,
+    UnsafeIdError,
+    unsafe_id,
 )
-from udfs.reader import SceneSource
+from udfs.reader import SceneSource, is_url, list_files, object_store_env, read_text
 from udfs.sensors import SENSORS, Sensor
 
 RASTER_EXT = (".tif", ".tiff", ".jp2")
 # SAFE granule files: T31UFU_20240621T103629_B02_10m.jp2 (L2A) or ..._B02.jp2 (L1C)
 _SAFE_BAND = re.compile(r"_(B\d\d|B8A|SCL)(?:_(\d+)m)?\.(?:jp2|tif|tiff)$", re.IGNORECASE)
+_SAFE_IMG = re.compile(r"^GRANULE/[^/]+/IMG_DATA(?:/|$)")
 # USGS Collection 2: LC09_L2SP_198025_20240726_20240801_02_T1_SR_B4.TIF
 _USGS_BAND = re.compile(r"_(SR_B\d|QA_PIXEL|QA_RADSAT)\.(?:tif|tiff)$", re.IGNORECASE)
 _USGS_ID = re.compile(r"^(L[CTEO]0\d)_(L2SP|L2SR)_\d{6}_\d{8}_\d{8}_02_(T1|T2|RT)")
 _NO_METADATA = "product metadata (<folder>.json STAC item, tileInfo.json or MTD_MSIL*.xml)"
+#: Errors of reading or parsing a JSON document.
+_DOC_ERRORS = (OSError, UnicodeDecodeError, ValueError, pystac.STACError, KeyError, TypeError)
 
 Candidate = SceneSource | SceneError
+
+
+# ----------------------------------------------------------------------------- input policy
+
+
+def _url_key(href: str) -> str:
+    """``scheme://host/normalised/path`` of a URL (scheme and host lower case, ``%``
+    escapes decoded, ``.`` and ``..`` segments removed)."""
+    url = urlsplit(href)
+    path = posixpath.normpath("/" + unquote(url.path).lstrip("/"))
+    return f"{url.scheme.lower()}://{url.netloc.lower()}{path.removeprefix('//')}"
+
+
+def resolve_href(href: str) -> str:
+    """Where an href leads, in the form :class:`InputPolicy` compares.
+
+    Local paths (``file://`` too): absolute, ``..`` removed, symlinks followed. URLs:
+    :func:`_url_key`. GDAL ``/vsi*`` paths are left as they are.
+    """
+    if href.startswith("/vsi"):
+        return href
+    if is_url(href):
+        return _url_key(href)
+    return os.path.realpath(os.path.abspath(href.removeprefix("file://")))
+
+
+def _root_key(root: str) -> str:
+    """An allowed root in the form hrefs are compared with (ending in ``/``)."""
+    key = resolve_href(root)
+    return key if key.endswith("/") else key + "/"
+
+
+def source_folder(part: str) -> str:
+    """The folder a source entry stands for: the entry itself, or the folder of a .json."""
+    if part.lower().endswith(".json"):
+        return posixpath.dirname(part) if is_url(part) else os.path.dirname(part) or "."
+    return part
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """Where hrefs may lead (module docstring, "Input policy").
+
+    Attributes
+    ----------
+    roots : tuple of str
+        Allowed roots, resolved (:func:`resolve_href`) and ending in ``/``.
+    """
+
+    roots: tuple[str, ...]
+
+    @classmethod
+    def for_source(cls, part: str, allowed_roots: Sequence[str] = ()) -> InputPolicy:
+        """The policy for one source entry: its own folder plus ``allowed_roots``."""
+        roots = [source_folder(part), *allowed_roots]
+        return cls(tuple(dict.fromkeys(_root_key(r) for r in roots)))
+
+    def refusal(self, href: str) -> str | None:
+        """Why ``href`` may not be read (None when it may), in words naming where it leads."""
+        where = resolve_href(href)
+        if href.startswith("/vsi") or where.startswith("/vsi"):
+            if ".." in where.split("/") or not any(where.startswith(r) for r in self.roots):
+                return (
+                    f"GDAL virtual file system paths (/vsi*) are not read unless "
+                    f"ingest.allowed_roots names their prefix (allowed: {self.describe()})"
+                )
+            return None
+        if any(where.startswith(r) or where + "/" == r for r in self.roots):
+            return None
+        if is_url(href):
+            scheme = urlsplit(href).scheme.lower()
+            if not any(r.startswith(f"{scheme}://") for r in self.roots):
+                return (
+                    f"{scheme}:// URLs are not read unless ingest.allowed_roots covers them "
+                    f"(allowed: {self.describe()})"
+                )
+        return (
+            f"resolves to {where}, outside the allowed roots ({self.describe()}); add its "
+            f"folder to ingest.allowed_roots to read it"
+        )
+
+    def describe(self) -> str:
+        return ", ".join(self.roots)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What discovery of one source entry may read, and how: its policy and the
+    object-store settings (:func:`udfs.reader.object_store_env`) captured once."""
+
+    policy: InputPolicy
+    store: Mapping[str, str]
+
+    def check(self, href: str, what: str, scene_id: str | None = None) -> None:
+        """Raise :class:`HrefNotAllowedError` when the policy refuses ``href``.
+
+        ``what`` names the href for the reason (``STAC item 'x' asset 'red'``).
+        """
+        reason = self.policy.refusal(href)
+        if reason is not None:
+            raise HrefNotAllowedError(
+                f"{what}: href {href!r} {reason}",
+                scene_id=scene_id,
+                href=href,
+                stage="discover",
+            )
+
+    def text(self, href: str, what: str, scene_id: str | None = None) -> str:
+        """The text of a small file, after the policy allowed it."""
+        self.check(href, what, scene_id)
+        return read_text(href, self.store)
+
+
+def _vetted(src: SceneSource, reading: Reading) -> SceneSource:
+    """``src`` once its id is safe and every file it names is allowed; with the
+    object-store settings when a file is on ``s3://``.
+
+    Raises :class:`UnsafeIdError` or :class:`HrefNotAllowedError`.
+    """
+    why = unsafe_id(src.scene_id)
+    if why is not None:
+        raise UnsafeIdError(f"scene id {why}", href=src.origin, stage="discover")
+    files = dict(src.bands)
+    if src.metadata_href:
+        files["metadata"] = src.metadata_href
+    for band, href in files.items():
+        what = "metadata file" if band == "metadata" else f"band {band} file"
+        reading.check(href, f"{what} {href}", src.scene_id)
+    if any(urlsplit(h).scheme == "s3" for h in files.values()):
+        return replace(src, gdal_env=dict(reading.store))
+    return src
+
+
+# ----------------------------------------------------------------------------- products
 
 
 def _require_bands(
@@ -78,6 +249,8 @@ def _identify(
         info = parse()
         for name, what, said in names:
             metadata.check_name(info, name, what, said)
+    except HrefNotAllowedError:
+        raise
     except MetadataError as e:
         raise type(e)(e.reason, scene_id=scene_id, href=href, stage="discover") from e
     except (KeyError, ValueError, TypeError, OSError) as e:
@@ -90,45 +263,69 @@ def _identify(
     return info
 
 
-def _text(path: Path) -> str:
-    return path.read_text(encoding="utf-8")
+@dataclass(frozen=True)
+class Folder:
+    """One folder of a listed source: its href, its file names, and the whole listing."""
+
+    href: str
+    files: list[str]
+    listing: Sequence[str]  # every file href of the source, sorted
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.href)
+
+    def join(self, name: str) -> str:
+        return f"{self.href}/{name}"
+
+    def below(self) -> list[str]:
+        """Paths, relative to this folder, of the files in its subfolders."""
+        # Sorted hrefs that start with "<href>/" are one run, ending before "<href>0".
+        lo = bisect.bisect_left(self.listing, self.href + "/")
+        hi = bisect.bisect_left(self.listing, self.href + "0")
+        n = len(self.href) + 1
+        return [h[n:] for h in self.listing[lo:hi] if "/" in h[n:]]
 
 
-def _safe_scene(folder: Path) -> SceneSource:
-    mtd = next(iter(sorted(folder.glob("MTD_MSIL*.xml"))), None)
+def _safe_scene(folder: Folder, reading: Reading) -> SceneSource:
+    mtd_name = next(
+        (f for f in folder.files if f.startswith("MTD_MSIL") and f.endswith(".xml")), None
+    )
     scene_id = folder.name.removesuffix(".SAFE")
-    if mtd is None:
+    if mtd_name is None:
         raise UnknownLayoutError(
             "SAFE folder without MTD_MSIL2A.xml / MTD_MSIL1C.xml",
             scene_id=scene_id,
-            href=str(folder),
+            href=folder.href,
             stage="discover",
         )
-    file_level = metadata.NameInfo(processing_level=metadata.s2_level(mtd.stem))
+    mtd = folder.join(mtd_name)
+    file_level = metadata.NameInfo(processing_level=metadata.s2_level(mtd_name[:-4]))
     info = _identify(
-        lambda: metadata.parse_s2_mtd(_text(mtd)),
+        lambda: metadata.parse_s2_mtd(reading.text(mtd, f"metadata file {mtd}", scene_id)),
         scene_id,
-        str(mtd),
-        [(folder.name, "SAFE folder name", None), (mtd.name, "metadata file name", file_level)],
+        mtd,
+        [(folder.name, "SAFE folder name", None), (mtd_name, "metadata file name", file_level)],
     )
     sensor = SENSORS[str(info.sensor)]
     found: dict[str, tuple[int, str]] = {}
-    for path in sorted((folder / "GRANULE").glob("*/IMG_DATA/**/*")):
-        m = _SAFE_BAND.search(path.name)
-        if not m:
+    for rel in folder.below():
+        m = _SAFE_BAND.search(posixpath.basename(rel))
+        if not m or not _SAFE_IMG.match(rel):
             continue
         band = m.group(1).upper()
         res = int(m.group(2) or 0)
         # A band may be present at several resolutions (R10m/R20m/R60m): keep the finest.
         if band not in found or res < found[band][0]:
-            found[band] = (res, str(path))
-    bands = _require_bands(sensor, {k: v[1] for k, v in found.items()}, scene_id, str(folder))
-    return SceneSource(scene_id, sensor.key, "safe", str(folder), bands, "s2-mtd", str(mtd))
+            found[band] = (res, folder.join(rel))
+    bands = _require_bands(sensor, {k: v[1] for k, v in found.items()}, scene_id, folder.href)
+    return SceneSource(scene_id, sensor.key, "safe", folder.href, bands, "s2-mtd", mtd)
 
 
-def _usgs_scene(folder: Path, files: list[str]) -> SceneSource:
-    mtl = next((f for f in sorted(files) if f.upper().endswith("_MTL.TXT")), None) or next(
-        (f for f in sorted(files) if f.upper().endswith("_MTL.JSON")), None
+def _usgs_scene(folder: Folder, reading: Reading) -> SceneSource:
+    files = folder.files
+    mtl = next((f for f in files if f.upper().endswith("_MTL.TXT")), None) or next(
+        (f for f in files if f.upper().endswith("_MTL.JSON")), None
     )
     ids = [m.group(0) for f in files if (m := _USGS_ID.match(f))]
     scene_id = ids[0] if ids else folder.name
@@ -136,13 +333,16 @@ def _usgs_scene(folder: Path, files: list[str]) -> SceneSource:
         raise UnknownLayoutError(
             "Landsat band files without an *_MTL.txt / *_MTL.json metadata file",
             scene_id=scene_id,
-            href=str(folder),
+            href=folder.href,
             stage="discover",
         )
+    mtl_href = folder.join(mtl)
     info = _identify(
-        lambda: metadata.parse_landsat_mtl(_text(folder / mtl)),
+        lambda: metadata.parse_landsat_mtl(
+            reading.text(mtl_href, f"metadata file {mtl_href}", scene_id)
+        ),
         scene_id,
-        str(folder / mtl),
+        mtl_href,
         [(scene_id, "product id in the file names", None)],
     )
     sensor = SENSORS[str(info.sensor)]
@@ -150,14 +350,12 @@ def _usgs_scene(folder: Path, files: list[str]) -> SceneSource:
     for f in files:
         m = _USGS_BAND.search(f)
         if m:
-            found[m.group(1).upper()] = str(folder / f)
-    bands = _require_bands(sensor, found, scene_id, str(folder))
-    return SceneSource(
-        scene_id, sensor.key, "usgs-c2", str(folder), bands, "mtl", str(folder / mtl)
-    )
+            found[m.group(1).upper()] = folder.join(f)
+    bands = _require_bands(sensor, found, scene_id, folder.href)
+    return SceneSource(scene_id, sensor.key, "usgs-c2", folder.href, bands, "mtl", mtl_href)
 
 
-def _no_metadata(folder: Path, stems: set[str]) -> SceneError:
+def _no_metadata(folder: Folder, stems: set[str]) -> SceneError:
     """The error for Sentinel-2 band files without any product metadata: what they look
     like (L2A- or L1C-like, and why) and everything that is missing."""
     said = metadata.name_info(folder.name)
@@ -175,96 +373,128 @@ def _no_metadata(folder: Path, stems: set[str]) -> SceneError:
         f"found {', '.join(sorted(stems))}"
     )
     cls = MissingBandError if missing else UnknownLayoutError
-    return cls(reason, scene_id=folder.name, href=str(folder), stage="discover")
+    return cls(reason, scene_id=folder.name, href=folder.href, stage="discover")
 
 
-def _cog_folder_scene(folder: Path, files: list[str]) -> SceneSource:
+def _cog_folder_scene(folder: Folder, reading: Reading) -> SceneSource:
     """Earth Search / AWS COG folder: ``B02.tif`` ... beside a STAC item or tileInfo.json."""
+    files = folder.files
     stem = {os.path.splitext(f)[0].upper(): f for f in files if f.lower().endswith(RASTER_EXT)}
     scene_id = folder.name
-    item_json = folder / f"{scene_id}.json"
-    tileinfo = folder / "tileInfo.json"
+    item_json = folder.join(f"{scene_id}.json")
+    tileinfo = folder.join("tileInfo.json")
     names: list[tuple[str, str, metadata.NameInfo | None]] = [(scene_id, "folder name", None)]
-    if item_json.is_file():
-        item = _read_item(item_json, scene_id)
+    if f"{scene_id}.json" in files:
+        item = _read_item(item_json, scene_id, reading)
         names.append((item.id, "STAC item id", None))
-        info = _identify(lambda: _stac_info(item), scene_id, str(item_json), names)
+        info = _identify(lambda: _stac_info(item), scene_id, item_json, names)
         sensor = SENSORS[str(info.sensor)]
         _, scaling = _stac_assets(item, sensor)
         meta: dict[str, Any] = {
             "metadata_kind": "stac",
-            "metadata_href": str(item_json),
+            "metadata_href": item_json,
             "properties": dict(item.properties),
             "asset_scaling": scaling,
             "item_id": item.id,
             "collection": item.collection_id,
         }
-    elif tileinfo.is_file():
+    elif "tileInfo.json" in files:
         info = _identify(
-            lambda: metadata.parse_s2_tileinfo(_text(tileinfo)), scene_id, str(tileinfo), names
+            lambda: metadata.parse_s2_tileinfo(
+                reading.text(tileinfo, f"metadata file {tileinfo}", scene_id)
+            ),
+            scene_id,
+            tileinfo,
+            names,
         )
         sensor = SENSORS[str(info.sensor)]
-        meta = {"metadata_kind": "tileinfo", "metadata_href": str(tileinfo)}
+        meta = {"metadata_kind": "tileinfo", "metadata_href": tileinfo}
     else:
         raise _no_metadata(folder, set(stem))
-    found = {b.name: str(folder / stem[b.name]) for b in sensor.bands if b.name in stem}
-    bands = _require_bands(sensor, found, scene_id, str(folder))
-    return SceneSource(scene_id, sensor.key, "cog-folder", str(folder), bands, **meta)
+    found = {b.name: folder.join(stem[b.name]) for b in sensor.bands if b.name in stem}
+    bands = _require_bands(sensor, found, scene_id, folder.href)
+    return SceneSource(scene_id, sensor.key, "cog-folder", folder.href, bands, **meta)
 
 
-def classify_folder(folder: Path, files: list[str]) -> SceneSource | None:
+def classify_folder(folder: Folder, reading: Reading) -> SceneSource | None:
     """Recognise the product layout of one folder; None when it holds no raster at all.
 
     Raises :class:`SceneError` for a folder that holds rasters but is no usable product.
     """
+    files = folder.files
     if folder.name.upper().endswith(".SAFE") or any(f.startswith("MTD_MSIL") for f in files):
-        return _safe_scene(folder)
+        return _safe_scene(folder, reading)
     if any(_USGS_BAND.search(f) for f in files):
-        return _usgs_scene(folder, files)
+        return _usgs_scene(folder, reading)
     rasters = [f for f in files if f.lower().endswith(RASTER_EXT)]
     if not rasters:
         return None
     stems = {os.path.splitext(f)[0].upper() for f in rasters}
     if {"B02", "B04"} <= stems:
-        return _cog_folder_scene(folder, files)
+        return _cog_folder_scene(folder, reading)
     raise UnknownLayoutError(
         f"no known product layout (Sentinel-2 SAFE or COG folder, Landsat Collection 2): "
         f"found {', '.join(sorted(rasters)[:5])}{' ...' if len(rasters) > 5 else ''}",
         scene_id=None,
-        href=str(folder),
+        href=folder.href,
         stage="discover",
     )
 
 
-def discover_folder(root: Path) -> list[Candidate]:
-    """Walk ``root``; every product folder and every folder of unrecognised rasters."""
+def folder_tree(root: str, listing: Sequence[str]) -> list[Folder]:
+    """Every folder from ``root`` down that holds files (and the folders between), in
+    the order of a sorted top-down walk, from a sorted recursive listing of file hrefs."""
+    root = root.rstrip("/") or "/"
+    names: dict[str, list[str]] = {root: []}
+    for href in listing:
+        folder, name = posixpath.split(href)
+        names.setdefault(folder, []).append(name)
+        while folder != root and folder.startswith(root + "/"):
+            folder = posixpath.dirname(folder)
+            names.setdefault(folder, [])
+    order = sorted(names, key=lambda f: f.split("/"))
+    return [Folder(f, sorted(names[f]), listing) for f in order]
+
+
+def discover_folder(root: str, reading: Reading) -> list[Candidate]:
+    """Every product folder under ``root`` and every folder of unrecognised rasters.
+
+    A product folder's subfolders belong to it; so do a failed SAFE's.
+    """
     out: list[Candidate] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        folder = Path(dirpath)
+    claimed = None  # "<folder>/" of the last product folder: its subfolders follow it
+    for folder in folder_tree(root, list_files(root, reading.store)):
+        if claimed is not None and folder.href.startswith(claimed):
+            continue
         try:
-            found = classify_folder(folder, sorted(filenames))
+            found = classify_folder(folder, reading)
+            if found is not None:
+                found = _vetted(found, reading)
         except SceneError as e:
             out.append(e)
-            dirnames[:] = [] if folder.name.upper().endswith(".SAFE") else dirnames
+            if folder.name.upper().endswith(".SAFE"):
+                claimed = folder.href + "/"
             continue
         if found is not None:
             out.append(found)
-            dirnames[:] = []  # a product folder's subfolders belong to it
+            claimed = folder.href + "/"
     return out
 
 
 # ----------------------------------------------------------------------------- STAC
 
 
-def _read_item(path: Path, scene_id: str) -> pystac.Item:
+def _read_item(href: str, scene_id: str, reading: Reading) -> pystac.Item:
     try:
-        return pystac.Item.from_dict(json.loads(_text(path)))
-    except (OSError, json.JSONDecodeError, pystac.STACError, KeyError, TypeError) as e:
+        doc = json.loads(reading.text(href, f"STAC item {href}", scene_id))
+        return pystac.Item.from_dict(doc)
+    except HrefNotAllowedError:
+        raise
+    except _DOC_ERRORS as e:
         raise MetadataError(
             f"STAC item beside the band files is not readable: {e}",
             scene_id=scene_id,
-            href=str(path),
+            href=href,
             stage="discover",
         ) from e
 
@@ -299,18 +529,25 @@ def _asset_band(key: str, asset: pystac.Asset, sensor: Sensor) -> str | None:
     return None
 
 
+def _band_assets(item: pystac.Item, sensor: Sensor) -> dict[str, tuple[str, pystac.Asset]]:
+    """Band -> (asset key, asset) of the item's assets that map to the sensor's bands."""
+    found: dict[str, tuple[str, pystac.Asset]] = {}
+    for akey, asset in item.assets.items():
+        if akey.endswith("-jp2"):
+            continue  # Earth Search duplicates every COG as JPEG2000
+        band = _asset_band(akey, asset, sensor)
+        if band is not None and band not in found:
+            found[band] = (akey, asset)
+    return found
+
+
 def _stac_assets(
     item: pystac.Item, sensor: Sensor
 ) -> tuple[dict[str, str], dict[str, list[float]]]:
     """Band -> href and band -> [scale, offset] (``raster:bands``) of the item's assets."""
     found: dict[str, str] = {}
     scaling: dict[str, list[float]] = {}
-    for akey, asset in item.assets.items():
-        if akey.endswith("-jp2"):
-            continue  # Earth Search duplicates every COG as JPEG2000
-        band = _asset_band(akey, asset, sensor)
-        if band is None or band in found:
-            continue
+    for band, (_, asset) in _band_assets(item, sensor).items():
         found[band] = asset.get_absolute_href() or asset.href
         rb = (asset.extra_fields.get("raster:bands") or [{}])[0]
         if "scale" in rb or "offset" in rb:
@@ -318,16 +555,41 @@ def _stac_assets(
     return found, scaling
 
 
-def stac_item_scene(item: pystac.Item, origin: str) -> SceneSource:
+def _check_assets(item: pystac.Item, sensor: Sensor, reading: Reading) -> None:
+    """Raise :class:`HrefNotAllowedError` naming the item and every refused band asset."""
+    refused = []
+    for band, (akey, asset) in _band_assets(item, sensor).items():
+        href = asset.get_absolute_href() or asset.href
+        reason = reading.policy.refusal(href)
+        if reason is not None:
+            refused.append((akey, band, asset.href, reason))
+    if refused:
+        first = refused[0]
+        more = f"; and {len(refused) - 3} more asset(s)" if len(refused) > 3 else ""
+        raise HrefNotAllowedError(
+            f"STAC item {item.id!r}: "
+            + "; ".join(f"asset {k!r} (band {b}): href {h!r} {r}" for k, b, h, r in refused[:3])
+            + more,
+            scene_id=item.id if unsafe_id(item.id) is None else None,
+            href=first[2],
+            stage="discover",
+        )
+
+
+def stac_item_scene(item: pystac.Item, origin: str, reading: Reading) -> SceneSource:
     """Map a STAC Item's assets to the sensor's bands (by key, eo:bands name or common name).
 
     The sensor comes from the item's properties (``platform``, ``s2:product_type``,
-    ``landsat:correction``), cross-checked with the item id.
+    ``landsat:correction``), cross-checked with the item id. Every band asset must pass
+    the input policy.
     """
+    why = unsafe_id(item.id)
+    if why is not None:
+        raise UnsafeIdError(f"STAC item id {why}", href=origin, stage="discover")
     platform = metadata.stac_platform(item.properties, item.id)
     level = metadata.stac_level(item.properties, item.id, item.collection_id)
     try:
-        metadata.sensor_key_for(platform or "unknown", level)
+        key = metadata.sensor_key_for(platform or "unknown", level)
     except MetadataError as e:
         raise UnknownLayoutError(
             f"STAC item of platform {platform!r}, level {level!r}, collection "
@@ -337,11 +599,12 @@ def stac_item_scene(item: pystac.Item, origin: str) -> SceneSource:
             href=origin,
             stage="discover",
         ) from e
+    _check_assets(item, SENSORS[key], reading)
     info = _identify(lambda: _stac_info(item), item.id, origin, [(item.id, "STAC item id", None)])
     sensor = SENSORS[str(info.sensor)]
     found, scaling = _stac_assets(item, sensor)
     bands = _require_bands(sensor, found, item.id, origin)
-    return SceneSource(
+    src = SceneSource(
         item.id,
         sensor.key,
         "stac",
@@ -354,35 +617,82 @@ def stac_item_scene(item: pystac.Item, origin: str) -> SceneSource:
         item.id,
         item.collection_id,
     )
+    return _vetted(src, reading)
 
 
-def _items_of(doc: dict[str, Any], path: str) -> list[tuple[pystac.Item, str]]:
+def _stac_object(href: str, reading: Reading, what: str) -> pystac.STACObject:
+    """Read a STAC document the policy allows, with its self href set (links resolve)."""
+    doc = json.loads(reading.text(href, what))
+    obj = pystac.read_dict(doc, href=href)
+    obj.set_self_href(href)
+    return obj
+
+
+def _catalog_items(
+    cat: pystac.Catalog, reading: Reading, seen: set[str]
+) -> tuple[list[tuple[pystac.Item, str]], list[SceneError]]:
+    """Items of a catalogue and its child catalogues, following links the policy allows.
+
+    A refused or unreadable link is one error; the other links go on.
+    """
+    items: list[tuple[pystac.Item, str]] = []
+    errors: list[SceneError] = []
+    for link in cat.links:
+        if link.rel not in ("item", "child"):
+            continue
+        href = link.get_absolute_href() or link.href
+        if href in seen:
+            continue  # a catalogue that links back: each document once
+        seen.add(href)
+        what = f"STAC {type(cat).__name__} {cat.id!r} {link.rel} link"
+        try:
+            obj = _stac_object(href, reading, what)
+        except SceneError as e:
+            errors.append(e)
+            continue
+        except _DOC_ERRORS as e:
+            errors.append(
+                UnknownLayoutError(f"{what}: not a readable STAC document: {e}", href=href,
+                                   stage="discover")
+            )  # fmt: skip
+            continue
+        if isinstance(obj, pystac.Item):
+            items.append((obj, href))
+        elif isinstance(obj, pystac.Catalog):
+            more, errs = _catalog_items(obj, reading, seen)
+            items += more
+            errors += errs
+    return items, errors
+
+
+def _items_of(
+    doc: dict[str, Any], path: str, reading: Reading
+) -> tuple[list[tuple[pystac.Item, str]], list[SceneError]]:
     kind = doc.get("type")
     if kind == "Feature":
         item = pystac.Item.from_dict(doc, href=path)
         item.set_self_href(path)
-        return [(item, path)]
+        return [(item, path)], []
     if kind == "FeatureCollection":
         ic = pystac.ItemCollection.from_dict(doc)
-        base = os.path.dirname(os.path.abspath(path))
         out = []
         for i, item in enumerate(ic.items):
             for asset in item.assets.values():
-                if "://" not in asset.href and not os.path.isabs(asset.href):
-                    asset.href = os.path.join(base, asset.href)
+                asset.href = pystac.utils.make_absolute_href(asset.href, path)
             out.append((item, f"{path}#{i}"))
         if not out:
             raise EmptyCatalogError(
                 f"STAC ItemCollection at {path} holds no items", href=path, stage="discover"
             )
-        return out
-    cat = pystac.read_file(path)
+        return out, []
+    cat = pystac.read_dict(doc, href=path)
     if not isinstance(cat, pystac.Catalog):
         raise UnknownLayoutError(
             f"STAC {kind} is neither Catalog, Collection nor Item", href=path, stage="discover"
         )
-    items = [(it, it.get_self_href() or path) for it in cat.get_items(recursive=True)]
-    if not items:
+    cat.set_self_href(path)
+    items, errors = _catalog_items(cat, reading, {path})
+    if not items and not errors:
         what = "Collection" if isinstance(cat, pystac.Collection) else "Catalog"
         raise EmptyCatalogError(
             f"STAC {what} {cat.id!r} at {path} holds no items (no item links, also not in "
@@ -390,25 +700,25 @@ def _items_of(doc: dict[str, Any], path: str) -> list[tuple[pystac.Item, str]]:
             href=path,
             stage="discover",
         )
-    return items
+    return items, errors
 
 
-def discover_stac(path: str) -> list[Candidate]:
-    """Scenes of a local STAC Catalog/Collection, ItemCollection or Item JSON file."""
+def discover_stac(path: str, reading: Reading) -> list[Candidate]:
+    """Scenes of a STAC Catalog/Collection, ItemCollection or Item JSON file (local or
+    ``s3://``)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-        items = _items_of(doc, path)
+        doc = json.loads(read_text(path, reading.store))
+        items, errors = _items_of(doc, path, reading)
     except SceneError as e:
         return [e]
-    except (OSError, json.JSONDecodeError, pystac.STACError, KeyError, TypeError) as e:
+    except _DOC_ERRORS as e:
         return [
             UnknownLayoutError(f"not a readable STAC document: {e}", href=path, stage="discover")
         ]
-    out: list[Candidate] = []
+    out: list[Candidate] = [*errors]
     for item, origin in items:
         try:
-            out.append(stac_item_scene(item, origin))
+            out.append(stac_item_scene(item, origin, reading))
         except SceneError as e:
             out.append(e)
     return out
@@ -429,17 +739,35 @@ def _not_a_source(part: str) -> SceneError:
     return UnknownLayoutError(reason, href=part, stage="discover")
 
 
-def discover(source: str) -> list[Candidate]:
-    """All scene candidates of ``source`` (a folder, or a ``.json`` STAC file).
+def _discover_prefix(part: str, reading: Reading) -> list[Candidate]:
+    """Scenes under an ``s3://`` prefix; one error when it holds nothing or cannot be listed."""
+    try:
+        return discover_folder(part, reading)
+    except OSError as e:
+        return [UnknownLayoutError(f"source cannot be listed: {e}", href=part, stage="discover")]
 
-    Several sources may be given separated by commas.
+
+def discover(source: str, allowed_roots: Sequence[str] = ()) -> list[Candidate]:
+    """All scene candidates of ``source`` (folders, ``s3://`` prefixes, STAC ``.json``).
+
+    Parameters
+    ----------
+    source : str
+        One entry or several separated by commas.
+    allowed_roots : sequence of str
+        ``ingest.allowed_roots``: where hrefs may lead besides each entry's own folder
+        (module docstring, "Input policy").
     """
     out: list[Candidate] = []
+    store = object_store_env()
     for part in (s.strip() for s in source.split(",") if s.strip()):
+        reading = Reading(InputPolicy.for_source(part, allowed_roots), store)
         if part.lower().endswith(".json"):
-            out += discover_stac(part)
+            out += discover_stac(part, reading)
+        elif urlsplit(part).scheme == "s3":
+            out += _discover_prefix(part, reading)
         elif os.path.isdir(part):
-            out += discover_folder(Path(part))
+            out += discover_folder(part, reading)
         else:
             out.append(_not_a_source(part))
     return out

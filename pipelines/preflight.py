@@ -212,7 +212,7 @@ def classify_plan(config: Config, bundle: ModelBundle) -> bool:
             pass  # delta-rs cannot read it: upstream() checks with Spark
     if will_ingest:
         sources = check_source(config)
-        found = discover(config.ingest.source)
+        found = discover(config.ingest.source, config.ingest.allowed_roots)
         scenes = [c for c in found if not isinstance(c, SceneError)]
         sensors |= {c.sensor for c in scenes}
         why = "asked with --ingest always" if tiles else f"no tiles under {root} yet"
@@ -250,7 +250,7 @@ def ingest_settled(run: Run, lake: Lakehouse) -> bool:
     """
     from pipelines.discover import discover
 
-    found = discover(run.config.ingest.source)
+    found = discover(run.config.ingest.source, run.config.ingest.allowed_roots)
     if any(isinstance(c, SceneError) for c in found):
         return False
     ids = [str(c.scene_id) for c in found]

@@ -17,6 +17,14 @@ from udfs.errors import (
 )
 from udfs.reader import SceneSource
 
+#: Hosts of the real STAC items' assets: allowed, so their hrefs are mapped (never read:
+#: discovery opens no raster, and no test reaches the network).
+REMOTE = (
+    "https://landsatlook.usgs.gov/",
+    "https://sentinel-cogs.s3.us-west-2.amazonaws.com/",
+    "https://sentinel2l2a01.blob.core.windows.net/",
+)
+
 
 def by_id(candidates):
     return {c.scene_id: c for c in candidates if isinstance(c, SceneSource)}
@@ -61,7 +69,7 @@ def test_real_sample_folders_are_recognised(shared_data):
     ],
 )
 def test_real_stac_items_map_assets_to_bands(shared_data, name, sensor, band, href_end):
-    found = discover(str(shared_data / "stac" / "odc-stac" / name))
+    found = discover(str(shared_data / "stac" / "odc-stac" / name), REMOTE)
     assert len(found) == 1
     scene = found[0]
     assert isinstance(scene, SceneSource), scene
@@ -119,7 +127,7 @@ def test_qa_radsat_is_picked_up_and_optional(shared_data, tmp_path):
     from udfs.reader import inspect_scene
 
     folder = link_folder(shared_data / LANDSAT, tmp_path / LANDSAT, skip=("_QA_RADSAT.TIF",))
-    (scene,) = discover(str(tmp_path))
+    (scene,) = discover(str(tmp_path), [str(shared_data)])  # the links lead there
     assert isinstance(scene, SceneSource), scene
     assert "QA_RADSAT" not in scene.bands and "QA_PIXEL" in scene.bands
     info = inspect_scene(scene)
@@ -129,7 +137,7 @@ def test_qa_radsat_is_picked_up_and_optional(shared_data, tmp_path):
 
 def test_qa_radsat_asset_of_a_stac_item_is_picked_up(shared_data):
     item = shared_data / "stac" / "odc-stac" / "LE07_L2SP_044033_20210329_20210424_02_T1_SR.json"
-    (scene,) = discover(str(item))
+    (scene,) = discover(str(item), REMOTE)
     assert scene.bands["QA_RADSAT"].endswith("_QA_RADSAT.TIF")
 
 
@@ -138,7 +146,7 @@ def test_spacecraft_in_the_mtl_decides_and_a_disagreeing_name_is_rejected(shared
     mtl = (shared_data / LANDSAT / f"{LANDSAT}_MTL.txt").read_text()
     assert mtl.count('SPACECRAFT_ID = "LANDSAT_8"') == 1
     (folder / f"{LANDSAT}_MTL.txt").write_text(mtl.replace('"LANDSAT_8"', '"LANDSAT_7"'))
-    (err,) = discover(str(tmp_path))
+    (err,) = discover(str(tmp_path), [str(shared_data)])
     assert isinstance(err, ProductMismatchError) and err.error_class == "ProductMismatch"
     assert "'landsat-8'" in err.reason and "'landsat-7'" in err.reason
     assert err.scene_id == LANDSAT and err.href.endswith("_MTL.txt")
@@ -150,7 +158,7 @@ def test_stac_item_whose_id_disagrees_with_its_platform_is_rejected(shared_data,
     doc["properties"]["platform"] = "LANDSAT_9"
     path = tmp_path / "item.json"
     path.write_text(json.dumps(doc))
-    (err,) = discover(str(path))
+    (err,) = discover(str(path), REMOTE)
     assert isinstance(err, ProductMismatchError)
     assert "'landsat-8'" in err.reason and "'landsat-9'" in err.reason
 

@@ -28,8 +28,9 @@ L2A_BANDS = "B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12".split()
 SAME = ("sensor", "platform", "processing_level", "processing_baseline", "radiometry", "scaling")
 
 
-def only_scene(source: str) -> SceneSource:
-    (scene,) = discover(source)
+def only_scene(source: str, allowed: list[str]) -> SceneSource:
+    """The one scene of ``source``; ``allowed``: where its hrefs and symlinks lead."""
+    (scene,) = discover(source, allowed)
     assert isinstance(scene, SceneSource), scene
     return scene
 
@@ -92,9 +93,9 @@ def s2_routes(shared_data, tmp_path):
     props = json.loads(item_path.read_text())["properties"]
     safe = s2_safe(shared_data, tmp_path / "safe", props)
     return {
-        "cog-folder": only_scene(str(folder)),
-        "stac": only_scene(str(stac)),
-        "safe": only_scene(str(safe)),
+        "cog-folder": only_scene(str(folder), []),
+        "stac": only_scene(str(stac), [str(shared_data)]),
+        "safe": only_scene(str(safe), [str(shared_data)]),
     }, props
 
 
@@ -147,8 +148,10 @@ def test_landsat_folder_and_its_stac_item_give_one_scenes_row(shared_data, tmp_p
     assert doc["stac_version"] == "0.7.0"
     files = {p.name: p for p in folder.glob("*.TIF")}
     routes = {
-        "usgs-c2": only_scene(str(folder)),
-        "stac": only_scene(str(local_item(item, tmp_path / "item.json", files))),
+        "usgs-c2": only_scene(str(folder), []),
+        "stac": only_scene(
+            str(local_item(item, tmp_path / "item.json", files)), [str(shared_data)]
+        ),
     }
     mtl = mtl_values((folder / f"{LANDSAT}_MTL.txt").read_text())
     # By hand from the MTL: SPACECRAFT_ID LANDSAT_8, PROCESSING_LEVEL L2SP,

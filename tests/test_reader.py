@@ -87,7 +87,7 @@ def landsat_tiles(shared_data: Path, folder: Path, with_radsat: bool):
     for f in (shared_data / LANDSAT).iterdir():
         if with_radsat or not f.name.endswith("_QA_RADSAT.TIF"):
             (folder / f.name).symlink_to(f)
-    (src,) = discover(str(folder))
+    (src,) = discover(str(folder), [str(shared_data)])  # symlinks into shared data
     info = inspect_scene(src)
     scene = dict(info, acquired_date=info["acquired"].date().isoformat(), acq_month="2020-10")
     schema = to_arrow_schema(TILES)

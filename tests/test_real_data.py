@@ -123,14 +123,25 @@ def test_real_scaling_and_metadata(real):
     assert [b.name for b in s[LANDSAT].bands][-2:] == ["QA_PIXEL", "QA_RADSAT"]
 
 
-def test_remote_stac_hrefs_are_rejected_as_unreadable(spark, shared_data, tmp_path):
+def test_remote_stac_hrefs_are_refused_unless_allowed_then_unreadable(spark, shared_data, tmp_path):
     item = (
         shared_data
         / "stac"
         / "odc-stac"
         / "S2B_MSIL2A_20190629T212529_R043_T06VVN_20201006T080531.json"
     )
-    config = load_config("local", [f"ingest.source={item}", f"storage.root={tmp_path}"])
+    # Default input policy: https hrefs are not followed at all (nothing is requested).
+    config = load_config("local", [f"ingest.source={item}", f"storage.root={tmp_path / 'a'}"])
+    run = ingest(spark, Lakehouse(spark, config.storage), Run(config))
+    assert run.ingested == []
+    (r,) = run.rejected
+    assert r["error_class"] == "NotAllowed" and r["href"].startswith("https://")
+    assert "https:// URLs are not read" in r["reason"]
+    # Allowed: they are followed, and this machine cannot reach them.
+    allowed = "ingest.allowed_roots=https://sentinel2l2a01.blob.core.windows.net/"
+    config = load_config(
+        "local", [f"ingest.source={item}", f"storage.root={tmp_path / 'b'}", allowed]
+    )
     run = ingest(spark, Lakehouse(spark, config.storage), Run(config))
     assert run.ingested == []
     (r,) = run.rejected

@@ -7,6 +7,40 @@ row of the ``rejected`` table (or, with ``--strict``, stops the run with it).
 
 from __future__ import annotations
 
+import re
+
+#: Identifiers that end up in file names, partition folders and table predicates (scene
+#: ids from STAC item ids, folder names or product metadata; model ids from a bundle's
+#: metadata.json): a letter or digit, then letters, digits, ``.``, ``_``, ``-``; 200 at
+#: most; never ``..``. Real product ids (``S2B_MSIL2A_..._N0510_...``,
+#: ``LC09_L2SP_198025_...``) and generated model ids all fit.
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def unsafe_id(value: object) -> str | None:
+    """Why ``value`` cannot be used as an id in paths (None when it can).
+
+    Parameters
+    ----------
+    value : object
+        A scene id or model id as read from an input (usually ``str``).
+
+    Returns
+    -------
+    str or None
+        A reason in words (quoting at most 80 characters of the value), or None.
+    """
+    if not isinstance(value, str):
+        return f"expected a string, found {type(value).__name__}"
+    shown = repr(value[:80]) + (" ..." if len(value) > 80 else "")
+    if not SAFE_ID.fullmatch(value) or ".." in value:
+        return (
+            f"{shown} is not a safe id: expected 1-200 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit, without '..' (it is used in file and "
+            f"partition paths)"
+        )
+    return None
+
 
 class PipelineError(Exception):
     """Root of every error this project raises on purpose."""
@@ -94,3 +128,16 @@ class EmptyCatalogError(UnknownLayoutError):
     """A STAC Catalog, Collection or ItemCollection given as a source holds no items."""
 
     error_class = "EmptyCatalog"
+
+
+class HrefNotAllowedError(SceneError, PermissionError):
+    """An href (STAC asset or link, or a file reached through a symlink) resolves outside
+    the allowed roots or uses a scheme they do not cover; nothing was read from it."""
+
+    error_class = "NotAllowed"
+
+
+class UnsafeIdError(SceneError, ValueError):
+    """A scene id that cannot be used in file or partition paths (see :data:`SAFE_ID`)."""
+
+    error_class = "UnsafeId"

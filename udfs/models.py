@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from udfs.errors import PipelineError
+from udfs.errors import PipelineError, unsafe_id
 
 METADATA = "metadata.json"
 MODEL_FILES = {"onnx": "model.onnx", "spark": "spark_model"}
@@ -285,6 +285,11 @@ def load_bundle(path: str | Path) -> ModelBundle:
         )
     if not metadata["feature_names"]:
         raise ModelError(f"model bundle {path}: feature_names is empty")
+    # The id names the bundle's partition of ``predictions`` and its folder: a value
+    # such as "../x" must not reach a path.
+    why = unsafe_id(metadata["model_id"])
+    if why is not None:
+        raise ModelError(f"model bundle {path}: {METADATA} model_id {why}")
     return ModelBundle(path, metadata)
 
 

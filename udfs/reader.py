@@ -3,14 +3,36 @@
 Reads are built from a recipe (:class:`SceneSource` plus the scene grid), a plain JSON-able
 record made on the driver, never from a pickled dataset handle. Callers open one
 ``rasterio.Env`` per Arrow batch, not per row.
+
+Object stores
+-------------
+Scenes may live on S3 (``s3://bucket/key`` hrefs) or any S3-compatible store. Two readers
+share one set of settings:
+
+- small files (listing a source, product metadata, STAC JSON): :func:`read_text` and
+  :func:`list_files`, through ``pyarrow.fs.S3FileSystem`` (already a dependency; it
+  honours a custom endpoint). ``http(s)://`` metadata is read with ``urllib``.
+- band rasters: rasterio / GDAL (``s3://`` is GDAL's ``/vsis3/``).
+
+The settings come from the standard AWS environment variables on the driver
+(:func:`object_store_env`: ``AWS_ENDPOINT_URL`` -> GDAL's ``AWS_S3_ENDPOINT``,
+``AWS_HTTPS``, ``AWS_VIRTUAL_HOSTING``; ``AWS_REGION``) and travel in the recipe
+(``SceneSource.gdal_env``, the scene record's ``gdal_env``) to the executors. They never
+hold a secret: credentials are found by each process itself (environment, ``~/.aws``,
+instance role), as the AWS SDK and GDAL do, and so never reach a table, a log or a task.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import rasterio
@@ -71,6 +93,9 @@ class SceneSource:
         Band -> [scale, offset] from STAC ``raster:bands``.
     item_id, collection : str or None
         STAC item id and collection (``stac`` metadata): the level may be read from them.
+    gdal_env : dict
+        Object-store settings captured on the driver (:func:`object_store_env`) for a
+        scene with ``s3://`` hrefs; empty otherwise. No credentials.
 
     ``bands`` holds every required band of the sensor and the optional ones the product
     has (Landsat ``QA_RADSAT``); an absent optional band is simply not listed.
@@ -87,6 +112,7 @@ class SceneSource:
     asset_scaling: dict[str, list[float]] = field(default_factory=dict)
     item_id: str | None = None
     collection: str | None = None
+    gdal_env: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -96,12 +122,171 @@ class SceneSource:
         return cls(**json.loads(text))
 
 
-def _read_text(href: str) -> str:
-    """Read a small metadata file (local path; object-store hrefs come with a later issue)."""
+# ----------------------------------------------------------------------------- object stores
+
+#: Largest small file read whole (metadata, STAC JSON): a bigger one is refused, not read.
+MAX_TEXT_BYTES = 64 * 2**20
+#: Seconds before a small-file request fails (as ``GDAL_HTTP_TIMEOUT`` for rasters).
+REQUEST_TIMEOUT_S = 30.0
+_FALSE = ("NO", "FALSE", "OFF", "0")
+
+
+def is_url(href: str) -> bool:
+    """True for ``scheme://...`` hrefs (``s3://``, ``https://``); False for local paths."""
+    return "://" in href and not href.startswith("file://")
+
+
+def object_store_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """GDAL settings for ``s3://`` reads from the standard AWS variables, without secrets.
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        The environment to read (default ``os.environ``, on the driver).
+
+    Returns
+    -------
+    dict of str to str
+        ``AWS_S3_ENDPOINT`` (host:port), ``AWS_HTTPS`` and ``AWS_VIRTUAL_HOSTING=FALSE``
+        (path-style, what S3-compatible servers expect) from ``AWS_ENDPOINT_URL_S3`` or
+        ``AWS_ENDPOINT_URL``, else ``AWS_S3_ENDPOINT`` / ``AWS_HTTPS`` /
+        ``AWS_VIRTUAL_HOSTING`` as given; ``AWS_REGION`` from ``AWS_REGION`` or
+        ``AWS_DEFAULT_REGION``; ``AWS_NO_SIGN_REQUEST`` when set. Empty on plain AWS with
+        default settings.
+    """
+    env = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        url = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        out["AWS_S3_ENDPOINT"] = url.netloc + url.path.rstrip("/")
+        out["AWS_HTTPS"] = "NO" if url.scheme == "http" else "YES"
+        out["AWS_VIRTUAL_HOSTING"] = "FALSE"
+    elif env.get("AWS_S3_ENDPOINT"):
+        for key in ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING"):
+            if env.get(key):
+                out[key] = str(env[key])
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region:
+        out["AWS_REGION"] = str(region)
+    if env.get("AWS_NO_SIGN_REQUEST"):
+        out["AWS_NO_SIGN_REQUEST"] = str(env["AWS_NO_SIGN_REQUEST"])
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _s3(options: tuple[tuple[str, str], ...]) -> Any:
+    """A ``pyarrow.fs.S3FileSystem`` for GDAL-style settings (one per process and settings).
+
+    Credentials are not passed: the AWS SDK finds them (environment, ``~/.aws``, role).
+    """
+    from pyarrow import fs as pafs
+
+    o = dict(options)
+    kwargs: dict[str, Any] = {
+        "connect_timeout": REQUEST_TIMEOUT_S,
+        "request_timeout": REQUEST_TIMEOUT_S,
+    }
+    if o.get("AWS_S3_ENDPOINT"):
+        kwargs["endpoint_override"] = o["AWS_S3_ENDPOINT"]
+        kwargs["scheme"] = "http" if o.get("AWS_HTTPS", "YES").upper() in _FALSE else "https"
+    if o.get("AWS_REGION"):
+        kwargs["region"] = o["AWS_REGION"]
+    if o.get("AWS_NO_SIGN_REQUEST", "NO").upper() not in _FALSE:
+        kwargs["anonymous"] = True
+    return pafs.S3FileSystem(**kwargs)
+
+
+def _s3_parts(href: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ``("bucket", "key")``; ValueError for anything else."""
+    url = urlsplit(href)
+    if url.scheme != "s3" or not url.netloc:
+        raise ValueError(f"not an s3://bucket/key href: {href}")
+    return url.netloc, url.path.lstrip("/")
+
+
+def _local(href: str) -> str:
+    return href.removeprefix("file://")
+
+
+def read_text(href: str, options: Mapping[str, str] | None = None) -> str:
+    """The text (UTF-8) of a small file: a local path, ``s3://`` or ``http(s)://``.
+
+    Parameters
+    ----------
+    href : str
+        The file.
+    options : mapping, optional
+        Object-store settings (:func:`object_store_env`); default: this process's
+        environment.
+
+    Raises
+    ------
+    OSError
+        ``FileNotFoundError`` when it does not exist, ``OSError`` when it cannot be read
+        or is larger than :data:`MAX_TEXT_BYTES`; ``UnicodeDecodeError`` for non-UTF-8.
+    """
+    scheme = urlsplit(href).scheme if is_url(href) else ""
+    if scheme == "s3":
+        bucket, key = _s3_parts(href)
+        fs = _s3(tuple(sorted((object_store_env() if options is None else options).items())))
+        with fs.open_input_stream(f"{bucket}/{key}") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
+    elif scheme in ("http", "https"):
+        with urllib.request.urlopen(href, timeout=REQUEST_TIMEOUT_S) as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
+    elif scheme:
+        raise OSError(f"cannot read {scheme}:// hrefs (local paths, s3:// and http(s):// only)")
+    else:
+        with open(_local(href), "rb") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
+    if len(data) > MAX_TEXT_BYTES:
+        raise OSError(f"larger than {MAX_TEXT_BYTES // 2**20} MiB: not a metadata file")
+    return data.decode("utf-8")
+
+
+def list_files(root: str, options: Mapping[str, str] | None = None) -> list[str]:
+    """Every file under ``root`` (recursively, sorted), as hrefs of the same kind.
+
+    Local folders are walked without following symlinked folders (a symlinked file is
+    listed; :mod:`pipelines.discover` checks where it leads); ``s3://bucket/prefix`` is
+    listed with one recursive listing. Raises ``FileNotFoundError`` when ``root`` holds
+    nothing.
+    """
+    if urlsplit(root).scheme == "s3":
+        from pyarrow import fs as pafs
+
+        bucket, key = _s3_parts(root)
+        fs = _s3(tuple(sorted((object_store_env() if options is None else options).items())))
+        base = f"{bucket}/{key.rstrip('/')}".rstrip("/")
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        files = sorted(f"s3://{i.path}" for i in infos if i.type == pafs.FileType.File)
+        if not files:
+            raise FileNotFoundError(f"no object under {root}")
+        return files
+    if is_url(root):
+        raise OSError(f"cannot list {root}: only local folders and s3:// prefixes are listed")
+    out = []
+    for dirpath, _, filenames in os.walk(_local(root)):
+        out += [os.path.join(dirpath, f) for f in filenames]
+    return sorted(out)
+
+
+@contextmanager
+def store_env(options: Mapping[str, str] | None) -> Iterator[None]:
+    """``rasterio.Env`` with a recipe's object-store settings (nothing when it has none)."""
+    if not options:
+        yield
+        return
+    with rasterio.Env(**options):
+        yield
+
+
+def _read_text(href: str, options: Mapping[str, str] | None = None) -> str:
+    """Read a small metadata file (:func:`read_text`) as :class:`MetadataError` on failure."""
     try:
-        with open(href, encoding="utf-8") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError) as e:
+        return read_text(href, options)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise MetadataError(f"cannot read metadata file: {e}", href=href) from e
 
 
@@ -138,13 +323,13 @@ def product_info(src: SceneSource) -> metadata.ProductInfo:
 def _parse_metadata(src: SceneSource) -> metadata.ProductInfo | None:
     if src.metadata_kind == "s2-mtd":
         assert src.metadata_href is not None
-        return metadata.parse_s2_mtd(_read_text(src.metadata_href))
+        return metadata.parse_s2_mtd(_read_text(src.metadata_href, src.gdal_env))
     if src.metadata_kind == "mtl":
         assert src.metadata_href is not None
-        return metadata.parse_landsat_mtl(_read_text(src.metadata_href))
+        return metadata.parse_landsat_mtl(_read_text(src.metadata_href, src.gdal_env))
     if src.metadata_kind == "tileinfo":
         assert src.metadata_href is not None
-        return metadata.parse_s2_tileinfo(_read_text(src.metadata_href))
+        return metadata.parse_s2_tileinfo(_read_text(src.metadata_href, src.gdal_env))
     if src.metadata_kind == "stac":
         scaling = {k: (float(v[0]), float(v[1])) for k, v in src.asset_scaling.items()}
         return metadata.parse_stac_properties(
@@ -154,7 +339,7 @@ def _parse_metadata(src: SceneSource) -> metadata.ProductInfo | None:
 
 
 def _open(href: str, scene_id: str, band: str):
-    if "://" not in href and not href.startswith("/vsi"):
+    if not is_url(href) and not href.startswith("/vsi"):
         if not os.path.exists(href):
             raise RasterReadError(f"band {band}: file does not exist", scene_id=scene_id, href=href)
         if os.path.getsize(href) == 0:
@@ -179,7 +364,6 @@ def inspect_scene(src: SceneSource) -> dict[str, Any]:
     """
     sensor = SENSORS[src.sensor]
     info = product_info(src)
-    ref_name = sensor.reference_band
     missing = [b.name for b in sensor.required_bands if b.name not in src.bands]
     if missing:
         raise MissingBandError(
@@ -188,6 +372,13 @@ def inspect_scene(src: SceneSource) -> dict[str, Any]:
             href=src.origin,
         )
     present = [b for b in sensor.bands if b.name in src.bands]
+    with store_env(src.gdal_env):
+        headers = _headers(src, present)
+    return _scene_record(src, info, headers)
+
+
+def _headers(src: SceneSource, present: list[Any]) -> dict[str, dict[str, Any]]:
+    """Header fields of every present band's file (CRS, transform, size, dtype, block)."""
     headers: dict[str, dict[str, Any]] = {}
     for band in present:
         href = src.bands[band.name]
@@ -211,6 +402,16 @@ def inspect_scene(src: SceneSource) -> dict[str, Any]:
                 "dtype": ds.dtypes[0],
                 "block": ds.block_shapes[0],
             }
+    return headers
+
+
+def _scene_record(
+    src: SceneSource, info: metadata.ProductInfo, headers: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The scene record of :func:`inspect_scene` once every header agrees on the grid."""
+    sensor = SENSORS[src.sensor]
+    ref_name = sensor.reference_band
+    present = [b for b in sensor.bands if b.name in headers]
     ref = headers[ref_name]
     for name, h in headers.items():
         if h["crs"] != ref["crs"]:
@@ -290,6 +491,8 @@ def inspect_scene(src: SceneSource) -> dict[str, Any]:
         "source": src.origin,
         "layout": src.layout,
         "max_block": max(max(h["block"]) for h in headers.values()),
+        # Object-store settings for the executors' reads (no secrets; not a table column).
+        "gdal_env": dict(src.gdal_env),
     }
 
 
@@ -374,8 +577,18 @@ def read_block(
     ``datasets`` (href -> open dataset), when given, keeps files open across blocks; the
     caller closes them.
     """
+    with store_env(scene.get("gdal_env")):
+        return _read_bands(scene, block, Resampling[resampling], datasets)
+
+
+def _read_bands(
+    scene: dict[str, Any],
+    block: ReadBlock,
+    method: Resampling,
+    datasets: dict[str, Any] | None,
+) -> dict[str, np.ndarray]:
+    """:func:`read_block` inside the scene's object-store settings."""
     grid = tuple(scene["transform"])
-    method = Resampling[resampling]
     block_arrays: dict[str, np.ndarray] = {}
     for band in scene["bands"]:
         href = band["href"]
