@@ -1,8 +1,9 @@
 """A real standalone Spark cluster: the ingest job through ``spark-submit``, code shipped as a zip.
 
 A master and one worker are started on 127.0.0.1 with the installed pyspark's own
-``spark-class``; the project's ``pipelines/`` and ``udfs/`` packages travel to the executors
-with ``--py-files`` as they would to a cluster that has none of this repository. Delta's jar
+``spark-class`` (``tests/standalone.py``, shared with ``bench/cluster_bench.py``); the
+project's ``pipelines/`` and ``udfs/`` packages travel to the executors with ``--py-files``
+as they would to a cluster that has none of this repository. Delta's jar
 comes from ``$SPARK_HOME/conf/spark-defaults.conf`` (``write_spark_defaults``), as it does for
 a plain ``spark-submit`` after ``make setup``.
 
@@ -16,128 +17,32 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyspark
 import pytest
 import rasterio
 from rasterio.windows import Window
+from standalone import REPO, Cluster, ClusterError, missing, ship_code, standalone_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
-SPARK_HOME = Path(pyspark.__file__).resolve().parent
-# The virtual environment's spark-submit (next to the interpreter running the tests).
-SPARK_SUBMIT = Path(sys.executable).parent / "spark-submit"
 TILE = 256
-START_TIMEOUT_S = 60
-SUBMIT_TIMEOUT_S = 300
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    if not path.exists():
-        return f"({path} does not exist)"
-    text = path.read_text(errors="replace").splitlines()
-    return f"--- last {min(lines, len(text))} lines of {path}:\n" + "\n".join(text[-lines:])
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop ``proc`` and its process group (its executors and their Python workers)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-    # Children (executor JVMs, Python workers) share the group even after the leader exits.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-@dataclass
-class Cluster:
-    url: str
-    env: dict[str, str]
-    logs: Path
-    work_dir: Path
-
-    def executor_logs(self) -> str:
-        return "\n".join(tail(p, 30) for p in sorted(self.work_dir.glob("app-*/*/stderr")))
-
-
-def wait_for(proc: subprocess.Popen, log: Path, text: str, what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if log.exists() and text in log.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"{what} exited with code {proc.returncode} before {text!r}\n{tail(log)}")
-        time.sleep(0.5)
-    pytest.fail(f"{what}: no {text!r} in its log after {START_TIMEOUT_S} s\n{tail(log)}")
 
 
 def spark_submit(cluster: Cluster, code_zip: Path, args: list[str], name: str) -> str:
     """Run ``spark-submit`` against ``cluster`` from the repository root; return its stdout."""
-    cmd = [
-        str(SPARK_SUBMIT),
-        "--master",
-        cluster.url,
-        "--py-files",
-        str(code_zip),
-        "--conf",
-        f"spark.pyspark.python={sys.executable}",
-        "--conf",
-        "spark.executor.memory=1g",
-        *args,
-    ]
-    out, err = cluster.logs / f"{name}.out", cluster.logs / f"{name}.err"
-    with out.open("w") as o, err.open("w") as e:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=cluster.env, stdout=o, stderr=e, start_new_session=True
-        )
-        try:
-            rc = proc.wait(timeout=SUBMIT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            stop(proc)
-            pytest.fail(
-                f"spark-submit {name} still running after {SUBMIT_TIMEOUT_S} s\n"
-                f"{tail(out)}\n{tail(err)}\n{cluster.executor_logs()}"
-            )
-    if rc != 0:
-        pytest.fail(
-            f"spark-submit {name} exited with code {rc}: {' '.join(cmd)}\n"
-            f"{tail(out)}\n{tail(err)}\n{cluster.executor_logs()}"
-        )
-    return out.read_text()
+    try:
+        return cluster.submit(code_zip, args, name)
+    except ClusterError as e:
+        pytest.fail(str(e))
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -153,84 +58,15 @@ def spark_defaults() -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(spark_defaults, tmp_path_factory) -> Iterator[Cluster]:
-    if not (SPARK_HOME / "bin" / "spark-class").is_file() or not SPARK_SUBMIT.is_file():
-        pytest.skip(f"no spark-class under {SPARK_HOME} or no {SPARK_SUBMIT}")
-    if shutil.which("java") is None and "JAVA_HOME" not in os.environ:
-        pytest.skip("no Java runtime (java on PATH or JAVA_HOME)")
-    base = tmp_path_factory.mktemp("cluster")
-    logs, work, local = base / "logs", base / "work", base / "local"
-    for d in (logs, work, local):
-        d.mkdir()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PYSPARK_GATEWAY", "_PYSPARK")) and k != "PYSPARK_SUBMIT_ARGS"
-    }
-    env.pop("SPARK_CONF_DIR", None)  # spark-defaults.conf must come from $SPARK_HOME/conf
-    env.update(
-        SPARK_HOME=str(SPARK_HOME),
-        SPARK_LOCAL_IP="127.0.0.1",
-        SPARK_LOCAL_DIRS=str(local),
-        PYSPARK_PYTHON=sys.executable,
-        # The REST submission server would take the fixed port 6066.
-        SPARK_MASTER_OPTS="-Dspark.master.rest.enabled=false",
-    )
-    port = free_port()
-    url = f"spark://127.0.0.1:{port}"
-    spark_class = str(SPARK_HOME / "bin" / "spark-class")
-    procs: list[subprocess.Popen] = []
-
-    def launch(args: list[str], log: Path) -> subprocess.Popen:
-        with log.open("w") as f:
-            proc = subprocess.Popen(
-                [spark_class, *args],
-                env=env,
-                cwd=base,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own group: stop() ends it with its children
-            )
-        procs.append(proc)
-        return proc
-
+    """A master and one two-core worker on 127.0.0.1 (``tests/standalone.py``)."""
+    why = missing()
+    if why:
+        pytest.skip(why)
     try:
-        master_log = logs / "master.log"
-        master = launch(
-            [
-                "org.apache.spark.deploy.master.Master",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--webui-port",
-                str(free_port()),
-            ],
-            master_log,
-        )
-        wait_for(master, master_log, "New state: ALIVE", "Spark master")
-        worker_log = logs / "worker.log"
-        worker = launch(
-            [
-                "org.apache.spark.deploy.worker.Worker",
-                url,
-                "--host",
-                "127.0.0.1",
-                "--cores",
-                "2",
-                "--memory",
-                "2g",
-                "--webui-port",
-                str(free_port()),
-                "--work-dir",
-                str(work),
-            ],
-            worker_log,
-        )
-        wait_for(worker, worker_log, "Successfully registered with master", "Spark worker")
-        yield Cluster(url, env, logs, work)
-    finally:
-        for proc in reversed(procs):  # worker first, so it stops its executors
-            stop(proc)
+        with standalone_cluster(tmp_path_factory.mktemp("cluster"), workers=1, cores=2) as c:
+            yield c
+    except ClusterError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="module")
@@ -238,12 +74,7 @@ def code_zip(tmp_path_factory) -> tuple[Path, str]:
     """``pipelines/`` and ``udfs/`` as a zip, plus a marker module only the zip has."""
     token = uuid.uuid4().hex
     path = tmp_path_factory.mktemp("ship") / "code.zip"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        for package in ("pipelines", "udfs"):
-            for f in sorted((REPO / package).glob("*.py")):
-                z.write(f, f"{package}/{f.name}")
-        z.writestr("udfs/_shipped.py", f'TOKEN = "{token}"\n')
-    return path, token
+    return ship_code(path, {"udfs/_shipped.py": f'TOKEN = "{token}"\n'}), token
 
 
 @dataclass
