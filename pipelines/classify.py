@@ -42,9 +42,9 @@ from pipelines.discover import discover
 from pipelines.features import features, file_groups, scene_table, tile_input, use_file_reader
 from pipelines.ingest import ingest, tiled_bands
 from pipelines.jobs import Job, Stage, job_parser, run_main
-from pipelines.lakehouse import Lakehouse
+from pipelines.lakehouse import Decide, Held, Lakehouse, replace_held
 from pipelines.preflight import class_counts, classify_plan, classify_settled, table_exists
-from pipelines.runs import ListParam, Run, phase
+from pipelines.runs import ListParam, Run, done_by_lines, live_runs, phase
 from pipelines.scheduling import grouped_rdd
 from udfs.errors import ConfigError, SceneError
 from udfs.feature_udfs import TILE_COLUMNS
@@ -123,7 +123,9 @@ def data_sensors(config: Config, lake: Lakehouse, will_ingest: bool) -> list[str
     sensors = {v["sensor"] for v in scene_table(lake).values()} if lake.exists("scenes") else set()
     if will_ingest:
         sensors |= {
-            c.sensor for c in discover(config.ingest.source) if not isinstance(c, SceneError)
+            c.sensor
+            for c in discover(config.ingest.source, config.ingest.allowed_roots)
+            if not isinstance(c, SceneError)
         }
     return sorted(sensors)
 
@@ -167,18 +169,26 @@ def register_model(spark: SparkSession, lake: Lakehouse, bundle: ModelBundle, sh
 # ----------------------------------------------------------------------------- transforms
 
 
+def classified_scenes(lake: Lakehouse, model_id: str) -> set[str]:
+    """Scenes with ``tile_predictions`` rows of ``model_id`` (local tables: delta-rs, a few
+    ms; a Spark query costs seconds here)."""
+    if lake.local:
+        import pyarrow.dataset as ds
+
+        try:
+            t = lake.read_arrow("tile_predictions", ["scene_id"], ds.field("model_id") == model_id)
+            return set(t.column(0).to_pylist())
+        except ValueError:  # reader features delta-rs lacks: Spark below
+            pass
+    if not lake.exists("tile_predictions"):
+        return set()
+    rows = lake.read("tile_predictions").filter(F.col("model_id") == model_id)
+    return {r.scene_id for r in rows.select("scene_id").distinct().collect()}
+
+
 def plan_scenes(run: Run, lake: Lakehouse, model_id: str) -> dict[str, dict[str, Any]]:
     """Scenes this model has not classified yet (all of them with ``classify.rebuild``)."""
-    done: set[str] = set()
-    if lake.exists("tile_predictions"):
-        rows = (
-            lake.read("tile_predictions")
-            .filter(F.col("model_id") == model_id)
-            .select("scene_id")
-            .distinct()
-            .collect()
-        )
-        done = {r.scene_id for r in rows}
+    done = classified_scenes(lake, model_id)
     scenes = scene_table(lake)
     if run.config.classify.rebuild and done:
         for name in ("predictions", "tile_predictions"):
@@ -246,12 +256,13 @@ def write_files(
     errors: Any,
 ) -> None:
     """Local tables: workers write ``predictions`` files, the driver commits them, then
-    appends ``tile_predictions``; no DataFrame job (see ``ingest.writer``)."""
-    # Rows a stopped run may have committed for these scenes (their counts were not
-    # written, so they are planned again): removed, so the key stays unique.
-    lake.delete_where(
-        "predictions", (F.col("model_id") == model.model_id) & F.col("scene_id").isin(list(todo))
-    )
+    appends ``tile_predictions``; no DataFrame job (see ``ingest.writer``).
+
+    The commit is decided per scene against the tables as they are then
+    (:func:`prediction_decider`): scenes another run classified meanwhile are left to it
+    (``run.skipped``, ``run.done_by``) and this run's files of them deleted; rows a stopped
+    run left are replaced in the same commit, so the key stays unique.
+    """
     lake.ensure(TABLES["predictions"])  # before executors write into its folder
     writer = make_tile_classifier_writer(
         todo,
@@ -266,11 +277,51 @@ def write_files(
     )
     groups = file_groups(spark, lake, list(todo))
     out = grouped_rdd(spark, groups).mapPartitions(writer).collect()
-    lake.commit_files("predictions", [o["file"] for o in out if "file" in o])
+    done = lake.commit_files(
+        "predictions", [o["file"] for o in out if "file" in o], run.run_id,
+        prediction_decider(lake, run),
+    )  # fmt: skip
+    left = {g[1]: other for g, other in done.left.items()}
+    for scene_id, other in sorted(left.items()):
+        run.done_by[scene_id] = other
+        del todo[scene_id]
+    run.skipped = sorted({*run.skipped, *left})
     # tile_predictions last: a scene counts as done once its counts are written.
-    tiles = [o["tile"] for o in out if "tile" in o]
+    tiles = [o["tile"] for o in out if "tile" in o and o["tile"]["scene_id"] not in left]
     table = pa.Table.from_pylist(tiles, schema=to_arrow_schema(TILE_PREDICTIONS))
-    lake.append_arrow("tile_predictions", table, run.config.storage.zstd_level)
+    # The scene's predictions are this run's alone now: its counts replace any older ones.
+    lake.append_arrow(
+        "tile_predictions", table, run.config.storage.zstd_level, run.run_id, replace_held
+    )
+
+
+def prediction_decider(lake: Lakehouse, run: Run) -> Decide:
+    """Per (model, scene), at the ``predictions`` commit: leave it to the run that
+    recorded its maps and counts meanwhile, or to a run still running that committed its
+    maps; else write it, replacing what a stopped run (or a ``--rebuild`` that deleted the
+    maps) left."""
+
+    def decide(held: dict[tuple, Held]) -> dict[tuple, str | None]:
+        import pyarrow.dataset as ds
+
+        model_ids = sorted({g[0] for g in held})
+        t = lake.read_arrow(
+            "tile_predictions", ["model_id", "scene_id", "run_id"],
+            ds.field("model_id").isin(model_ids),
+        )  # fmt: skip
+        counted = {(r["model_id"], r["scene_id"]): r["run_id"] for r in t.to_pylist()}
+        owners = {o for h in held.values() for o in h.owners if o and o != run.run_id}
+        alive = live_runs(lake.spark, lake, owners) if owners else set()
+        out: dict[tuple, str | None] = {}
+        for g, h in held.items():
+            pending = sorted(o for o in h.owners if o in alive)
+            if g in counted and h.files:  # counts without maps: deleted by a --rebuild
+                out[g] = counted[g]
+            else:
+                out[g] = pending[0] if pending else None
+        return out
+
+    return decide
 
 
 def classify(spark: SparkSession, lake: Lakehouse, run: Run, bundle: ModelBundle) -> Run:
@@ -309,10 +360,11 @@ def classify(spark: SparkSession, lake: Lakehouse, run: Run, bundle: ModelBundle
         finally:
             blob.unpersist()
     # The accumulator may see a tile twice if Spark re-runs a task: one record per tile.
-    rejected = list({e["href"]: e for e in errors.value}.values())
+    rejected = [e for e in {e["href"]: e for e in errors.value}.values()
+                if e.get("scene_id") in todo]  # fmt: skip
     run.rejected.extend(rejected)
     run.ingested = sorted(todo)
-    run.tiles_written = run.seen - len(rejected)
+    run.tiles_written = sum(v["n_tiles"] or 0 for v in todo.values()) - len(rejected)
     return run
 
 
@@ -350,6 +402,7 @@ def summary(run: Run, lake: Lakehouse, bundle: ModelBundle) -> str:
         f"classify run {run.run_id}: model {bundle.model_id}; {len(run.ingested)} scene(s) "
         f"classified, {len(run.skipped)} already done, {run.tiles_written} tiles written, "
         f"{len(run.rejected)} tile(s) rejected",
+        *done_by_lines(run, "classified"),
     ]
     if table_exists(lake, "tile_predictions"):
         names = bundle.class_names

@@ -199,9 +199,13 @@ RUNS = StructType(
         _f("skipped", LongType(), False),
         _f("rejected", LongType(), False),
         _f("tiles_written", LongType(), False),
-        _f("status", StringType(), False),  # succeeded | failed
+        # running (written when the run starts) | succeeded | failed | killed (a later run
+        # found the process of a `running` row on its host gone)
+        _f("status", StringType(), False),
         _f("started", TimestampType(), False),
-        _f("ended", TimestampType(), False),
+        _f("ended", TimestampType(), False),  # = started while running; killed: when found
+        _f("host", StringType()),  # driver host name and process id: whether it still runs
+        _f("pid", LongType()),
     ]
 )
 
@@ -416,29 +420,50 @@ CHANGE = StructType(
 
 @dataclass(frozen=True)
 class Table:
-    """A table of the lakehouse: name, schema, merge key and partition columns."""
+    """A table of the lakehouse: name, schema, merge key and partition columns.
+
+    ``group``: the key prefix one run writes as a unit (a scene's tiles, a model's
+    predictions of a scene); concurrent runs are arbitrated per group at commit time
+    (:meth:`pipelines.lakehouse.Lakehouse.commit_files`). Empty: per key.
+    """
 
     name: str
     schema: StructType
     key: tuple[str, ...]
     partition_by: tuple[str, ...] = ()
+    group: tuple[str, ...] = ()
 
 
 TABLES = {
     t.name: t
     for t in (
-        Table("scenes", SCENES, ("scene_id",)),
-        Table("tiles", TILES, ("scene_id", "tile_row", "tile_col"), ("sensor", "acq_month")),
-        Table("tile_features", TILE_FEATURES, ("scene_id", "tile_row", "tile_col")),
-        Table("models", MODELS, ("model_id",)),
+        Table("scenes", SCENES, ("scene_id",), group=("scene_id",)),
+        Table(
+            "tiles",
+            TILES,
+            ("scene_id", "tile_row", "tile_col"),
+            ("sensor", "acq_month"),
+            ("scene_id",),
+        ),
+        Table(
+            "tile_features",
+            TILE_FEATURES,
+            ("scene_id", "tile_row", "tile_col"),
+            group=("scene_id",),
+        ),
+        Table("models", MODELS, ("model_id",), group=("model_id",)),
         Table(
             "predictions",
             PREDICTIONS,
             ("model_id", "scene_id", "tile_row", "tile_col"),
             ("model_id",),
+            ("model_id", "scene_id"),
         ),
         Table(
-            "tile_predictions", TILE_PREDICTIONS, ("model_id", "scene_id", "tile_row", "tile_col")
+            "tile_predictions",
+            TILE_PREDICTIONS,
+            ("model_id", "scene_id", "tile_row", "tile_col"),
+            group=("model_id", "scene_id"),
         ),
         Table(
             "composites",
@@ -479,6 +504,6 @@ TABLES = {
             ),
         ),
         Table("rejected", REJECTED, ("run_id", "href", "scene_id", "stage")),
-        Table("runs", RUNS, ("run_id",)),
+        Table("runs", RUNS, ("run_id",), group=("run_id",)),
     )
 }

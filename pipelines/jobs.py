@@ -16,9 +16,10 @@ how to build its configuration, and a ``plan`` that turns the configuration into
    the lakehouse;
 4. runs the job's upstream stages, if any (classify: ingest and features), each recorded
    as its own run; the plan may refuse here too, before any stage (exit code 2);
-5. runs the job's work under a new :class:`pipelines.runs.Run`, recording it in ``runs``
-   (and its rejected inputs in ``rejected``) whatever happens
-   (:func:`pipelines.runs.run_stage`);
+5. runs the job's work under a new :class:`pipelines.runs.Run`, visible in ``runs`` from
+   its start (status ``running``; runs of this host whose process is gone are marked
+   ``killed`` first) and recorded there (and its rejected inputs in ``rejected``) whatever
+   happens (:func:`pipelines.runs.run_stage`);
 6. prints the job's summary when the run succeeded;
 7. runs the job's downstream stages, if any (classify: the analysis tables), each recorded
    as its own run with its summary printed, and returns the exit code: 0 ok, 1 bad input in

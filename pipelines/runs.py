@@ -1,8 +1,18 @@
-"""What every job run records: its id, its inputs' fate, ``runs`` and ``rejected`` rows."""
+"""What every job run records: its id, its inputs' fate, ``runs`` and ``rejected`` rows.
+
+A run is visible from its start: :func:`start_run` appends its ``runs`` row with status
+``running`` (and the driver's host name and process id), :func:`record_run` replaces that
+row with the final one (``succeeded`` / ``failed`` and the counts). A run killed outright
+(SIGKILL, a lost machine) stays ``running``; the next run started on the same host finds
+its process gone and marks it ``killed`` (:func:`mark_killed`). Runs of other hosts cannot
+be checked from here and stay ``running`` until a run on their host looks.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 import time
 import uuid
@@ -17,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from pipelines.config import Config
 from pipelines.datamodel import REJECTED, RUNS
-from pipelines.lakehouse import Lakehouse
+from pipelines.lakehouse import Lakehouse, replace_held
 from udfs.errors import ConfigError, PipelineError, SceneError
 from udfs.models import ModelError
 from udfs.reader import scene_error_row
@@ -57,6 +67,10 @@ class Run:
     skipped: list[str] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     tiles_written: int = 0
+    #: inputs another run wrote first (concurrent runs) -> that run's id
+    done_by: dict[str, str] = field(default_factory=dict)
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
 
     def __post_init__(self) -> None:
         if not self.source and self.job == "ingest":
@@ -64,6 +78,18 @@ class Run:
 
     def reject(self, err: SceneError) -> None:
         self.rejected.append(scene_error_row(err))
+
+
+def done_by_lines(run: Run, verb: str) -> list[str]:
+    """Summary lines for the inputs a concurrent run wrote first (``run.done_by``)."""
+    by: dict[str, list[str]] = {}
+    for item, other in sorted(run.done_by.items()):
+        by.setdefault(other or "another run", []).append(item)
+    lines = []
+    for other, items in by.items():
+        more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+        lines.append(f"  {verb} meanwhile by run {other}: {', '.join(items[:3])}{more}")
+    return lines
 
 
 def rejected_rows(run: Run) -> list[dict[str, Any]]:
@@ -77,7 +103,7 @@ def rejected_frame(spark: SparkSession, run: Run) -> DataFrame:
 
 
 def run_row(run: Run, status: str) -> dict[str, Any]:
-    """The ``runs`` row of ``run`` ended now with ``status``."""
+    """The ``runs`` row of ``run`` ended now with ``status`` (``running``: started now)."""
     return {
         "run_id": run.run_id,
         "job": run.job,
@@ -90,7 +116,9 @@ def run_row(run: Run, status: str) -> dict[str, Any]:
         "tiles_written": run.tiles_written,
         "status": status,
         "started": run.started,
-        "ended": datetime.now(timezone.utc),
+        "ended": run.started if status == "running" else datetime.now(timezone.utc),
+        "host": run.host,
+        "pid": run.pid,
     }
 
 
@@ -98,8 +126,24 @@ def runs_frame(spark: SparkSession, run: Run, status: str) -> DataFrame:
     return spark.createDataFrame([run_row(run, status)], RUNS)
 
 
+def start_run(spark: SparkSession | None, lake: Lakehouse, run: Run) -> None:
+    """Mark dead runs of this host ``killed``, then append ``run``'s ``running`` row.
+
+    Parquet tables cannot replace a row: there only the final row is written.
+    """
+    if lake.format != "delta":
+        return
+    mark_killed(spark, lake)
+    if lake.local:
+        append_run_row(lake, run, "running")
+    else:
+        assert spark is not None
+        lake.upsert("runs", runs_frame(spark, run, "running"))
+
+
 def record_run(spark: SparkSession, lake: Lakehouse, run: Run, status: str) -> None:
-    """Append the run's rejected inputs and its ``runs`` row (also when the run failed).
+    """Append the run's rejected inputs; replace its ``runs`` row with the final one
+    (also when the run failed).
 
     Local Delta tables: the ``runs`` row is written with delta-rs (:func:`append_run_row`);
     a Spark append of one row costs a Spark job (~1-3 s on a fresh session) per run and
@@ -111,7 +155,7 @@ def record_run(spark: SparkSession, lake: Lakehouse, run: Run, status: str) -> N
     if lake.local and lake.format == "delta":
         append_run_row(lake, run, status)
         return
-    lake.append("runs", runs_frame(spark, run, status))
+    lake.upsert("runs", runs_frame(spark, run, status))
 
 
 def record_run_arrow(lake: Lakehouse, run: Run, status: str) -> None:
@@ -120,16 +164,105 @@ def record_run_arrow(lake: Lakehouse, run: Run, status: str) -> None:
     ``run.rejected`` must be empty (see :func:`record_run`)."""
     if run.rejected:
         raise ValueError("a run with rejected inputs is recorded through Spark (record_run)")
+    mark_killed(None, lake)
     append_run_row(lake, run, status)
 
 
 def append_run_row(lake: Lakehouse, run: Run, status: str) -> None:
-    """Append the ``runs`` row of ``run`` to a local Delta table with delta-rs."""
+    """Write the ``runs`` row of ``run`` to a local Delta table with delta-rs, replacing
+    the run's earlier row (``running``) in the same commit."""
     import pyarrow as pa
     from pyspark.sql.pandas.types import to_arrow_schema
 
     table = pa.Table.from_pylist([run_row(run, status)], schema=to_arrow_schema(RUNS))
-    lake.append_arrow("runs", table, run.config.storage.zstd_level)
+    lake.append_arrow(
+        "runs", table, run.config.storage.zstd_level, owner=run.run_id, decide=replace_held
+    )
+
+
+# ----------------------------------------------------------------------------- liveness
+
+
+def process_alive(pid: int, started: datetime) -> bool:
+    """Whether process ``pid`` of this host still runs and may be the one that started at
+    ``started`` (a process started later reuses the id; a zombie is dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: it exists
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return True  # no /proc: the id exists, assume it is the run
+    if fields[0] == "Z":
+        return False
+    began = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return began <= started.timestamp() + 5  # /proc's clock ticks vs the wall clock
+
+
+def run_alive(row: dict[str, Any]) -> bool:
+    """Whether the run of a ``runs`` row may still be running: status ``running`` and, on
+    this host, its process alive. A run of another host cannot be checked: True."""
+    if row.get("status") != "running" or row.get("pid") is None:
+        return False
+    if row.get("host") != socket.gethostname():
+        return True
+    started = row["started"]
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=timezone.utc)
+    return process_alive(int(row["pid"]), started)
+
+
+def running_rows(spark: SparkSession | None, lake: Lakehouse) -> list[dict[str, Any]]:
+    """The ``runs`` rows with status ``running``."""
+    if lake.local and lake.format == "delta":
+        import pyarrow.dataset as ds
+
+        t = lake.read_arrow("runs", RUNS.fieldNames(), ds.field("status") == "running")
+        return t.to_pylist()
+    if spark is None or not lake.exists("runs"):
+        return []
+    return [r.asDict() for r in lake.read("runs").filter("status = 'running'").collect()]
+
+
+def live_runs(spark: SparkSession | None, lake: Lakehouse, run_ids: set[str]) -> set[str]:
+    """Those of ``run_ids`` that may still be running (:func:`run_alive`)."""
+    return {
+        r["run_id"] for r in running_rows(spark, lake) if r["run_id"] in run_ids and run_alive(r)
+    }
+
+
+def mark_killed(spark: SparkSession | None, lake: Lakehouse) -> list[str]:
+    """Replace the ``running`` rows of this host's dead processes with ``killed`` ones
+    (``ended``: now, when it was found); returns their run ids.
+
+    What a killed run wrote is never part of a table: its files are committed at the end of
+    each stage, in one transaction per table; files it wrote and did not commit are left
+    for ``VACUUM`` (``python -m pipelines.maintain``).
+    """
+    dead = [r for r in running_rows(spark, lake) if not run_alive(r)]
+    if not dead:
+        return []
+    now = datetime.now(timezone.utc)
+    rows = [{**r, "status": "killed", "ended": now} for r in dead]
+    for r in rows:
+        log.warning(
+            "run %s (%s, pid %s on %s) was killed", r["run_id"], r["job"], r["pid"], r["host"]
+        )
+    if lake.local and lake.format == "delta":
+        import pyarrow as pa
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        table = pa.Table.from_pylist(rows, schema=to_arrow_schema(RUNS))
+        lake.append_arrow("runs", table, decide=replace_held)
+    elif spark is not None:
+        lake.upsert("runs", spark.createDataFrame(rows, RUNS))
+    return [r["run_id"] for r in rows]
 
 
 #: Errors that refuse a run (exit code 2) rather than fail it (1): a configuration or a
@@ -157,6 +290,7 @@ def run_stage(
     """
     run = Run(config, job=job, source=source)
     status, code = "failed", 1
+    start_run(spark, lake, run)
     try:
         work(spark, lake, run)
         status, code = "succeeded", 0

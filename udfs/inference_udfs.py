@@ -169,8 +169,9 @@ def make_tile_classifier_writer(
             table = pa.Table.from_pylist(rows, schema=data_schema)
             parts = {"model_id": model.model_id}
             record = write_table_file(
-                table_path, table, parts, TILE_KEYS, zstd_level, TILES_PER_ROW_GROUP
-            )
+                table_path, table, parts, TILE_KEYS, zstd_level, TILES_PER_ROW_GROUP,
+                str(extra.get("run_id", "")),
+            )  # fmt: skip
             yield {"file": record}
             for r in rows:
                 yield {"tile": {k: r[k] for k in tile_fields}}

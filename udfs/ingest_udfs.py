@@ -255,9 +255,14 @@ def write_table_file(
     keys: Iterable[str],
     zstd_level: int,
     row_group_rows: int | None = None,
+    owner: str = "",
 ) -> dict[str, Any]:
     """Write ``table`` as one ZSTD Parquet file under ``table_path`` (Hive-style partition
     folders) and return its :data:`FILE_SCHEMA` record (path relative to the table).
+
+    ``owner``: the id of the run writing it, in the file name (``part-run<owner>-<uuid>``):
+    concurrent runs see in a table snapshot which run wrote a scene's rows
+    (:func:`pipelines.lakehouse.file_owner`).
 
     ``row_group_rows``: rows per Parquet row group (None: pyarrow's default, one group
     for a file of tiles); pixel tables pass :data:`TILES_PER_ROW_GROUP`.
@@ -268,7 +273,8 @@ def write_table_file(
     import pyarrow.parquet as pq
 
     folder = "/".join(f"{k}={v}" for k, v in partition_values.items())
-    name = f"part-{uuid.uuid4().hex}.zstd.parquet"
+    tag = f"run{owner}-" if owner else ""
+    name = f"part-{tag}{uuid.uuid4().hex}.zstd.parquet"
     rel = f"{folder}/{name}" if folder else name
     full = f"{table_path}/{rel}"
     os.makedirs(os.path.dirname(full), exist_ok=True)
@@ -311,9 +317,10 @@ def make_tile_file_writer(
     resampling: str,
     zstd_level: int,
     report_error: Callable[[list[dict[str, Any]]], None],
+    owner: str = "",
 ) -> Callable[[Iterable[dict[str, Any]]], Iterator[dict[str, Any]]]:
     """Build the RDD ``mapPartitions`` function that writes each block's tiles as one
-    Parquet file.
+    Parquet file (named after run ``owner``, see :func:`write_table_file`).
 
     Input records are read blocks (``scene`` recipe JSON + window, see
     :func:`pipelines.ingest.block_records`). Pixels never cross into the JVM: the Python
@@ -339,7 +346,7 @@ def make_tile_file_writer(
                     continue
                 parts = {p: str(scene[p]) for p in partition_by}
                 yield write_table_file(
-                    table_path, table, parts, TILE_KEYS, zstd_level, TILES_PER_ROW_GROUP
+                    table_path, table, parts, TILE_KEYS, zstd_level, TILES_PER_ROW_GROUP, owner
                 )
 
     return write_files
