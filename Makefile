@@ -33,6 +33,8 @@ demo: setup
 
 ## Command 2: the whole test suite.
 test: setup
+	@# podman + runc + debootstrap for tests/test_image.py (Debian, as root; ~70 s once).
+	@docker/engine.sh setup || echo "podman unavailable: tests/test_image.py will skip"
 	$(PY) -m pytest -q
 
 test-fast: setup

