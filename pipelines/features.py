@@ -23,6 +23,7 @@ import os
 import sys
 from typing import Any
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -39,6 +40,7 @@ from udfs.errors import ConfigError
 from udfs.feature_udfs import (
     CORE_COLUMNS,
     TILE_COLUMNS,
+    make_feature_mapper,
     make_feature_reader,
     make_pixel_reader,
 )
@@ -123,6 +125,10 @@ def use_file_reader(reader: str, lake: Lakehouse) -> bool:
 
 def tile_files(lake: Lakehouse, scene_ids: list[str]) -> list[str]:
     """Local paths of the ``tiles`` files of the current table version holding these scenes."""
+    if lake.format == "delta":
+        from_log = files_from_log(lake.local_path("tiles"), set(scene_ids))
+        if from_log is not None:
+            return from_log
     try:
         import pyarrow.dataset as ds
 
@@ -133,6 +139,42 @@ def tile_files(lake: Lakehouse, scene_ids: list[str]) -> list[str]:
         pass
     files = lake.read("tiles").filter(F.col("scene_id").isin(scene_ids)).inputFiles()
     return sorted(f.removeprefix("file://").removeprefix("file:") for f in files)
+
+
+def files_from_log(table: str, scene_ids: set[str]) -> list[str] | None:
+    """Files of a local Delta ``tiles`` table that may hold ``scene_ids``, from the log.
+
+    The log's per-file minimum and maximum of ``scene_id`` decide, so no Parquet file is
+    opened (reading the ``scene_id`` column of every file took ~0.2 s of the 5490 px
+    bench scene's run). A file whose range holds one of the scenes is kept: the workers
+    skip rows of other scenes. None where the log lacks these statistics or delta-rs
+    cannot read the table: the caller reads the files instead.
+    """
+    from urllib.parse import unquote
+
+    import deltalake
+
+    try:
+        dt = deltalake.DeltaTable(table)
+    except deltalake.exceptions.TableNotFoundError:
+        return []
+    if dt.protocol().reader_features:
+        return None
+    acts = pa.table(dt.get_add_actions(flatten=True))
+    if not {"min.scene_id", "max.scene_id"} <= set(acts.column_names):
+        return None
+    out = []
+    for path, lo, hi in zip(
+        acts.column("path").to_pylist(),
+        acts.column("min.scene_id").to_pylist(),
+        acts.column("max.scene_id").to_pylist(),
+        strict=True,
+    ):
+        if lo is None or hi is None:
+            return None
+        if any(lo <= s <= hi for s in scene_ids):
+            out.append(os.path.join(table, unquote(path)))
+    return sorted(out)
 
 
 def file_groups(spark: SparkSession, lake: Lakehouse, scene_ids: list[str]) -> list[list[str]]:
@@ -178,6 +220,37 @@ def features_frame(
     return source.mapInArrow(reader, TILE_FEATURES)
 
 
+def features_table(
+    spark: SparkSession, lake: Lakehouse, run: Run, todo: dict[str, dict[str, Any]], errors: Any
+) -> pa.Table:
+    """``tile_features`` rows of the scenes in ``todo`` as an Arrow table (local tables).
+
+    With the file reader (``features.reader`` ``auto`` or ``arrow``): one RDD task per
+    core, each given whole ``tiles`` files balanced by size, reads them with pyarrow and
+    returns its rows; no DataFrame, whose planning and Arrow round trip cost ~0.5 s more
+    than an RDD job here. Otherwise the rows of :func:`features_frame`.
+    """
+    feats = run.config.features
+    schema = to_arrow_schema(TILE_FEATURES)
+    if not use_file_reader(feats.reader, lake):
+        return features_frame(spark, lake, run, todo, errors).toArrow()
+    mapper = make_feature_mapper(
+        todo,
+        list(feats.indices),
+        feats.max_cloud_fraction,
+        {"features_digest": feats.digest(), "run_id": run.run_id},
+        errors.add,
+        masks=feats.masks(),
+        bands=feats.band_set(),
+        stats=feats.stat_names(),
+    )
+    with phase("plan tasks"):
+        groups = file_groups(spark, lake, list(todo))
+    with phase(f"{len(groups)} task(s) over {sum(map(len, groups))} tiles file(s)"):
+        rows = grouped_rdd(spark, groups).mapPartitions(mapper).collect()
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
 def features(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
     """Compute ``tile_features`` for every scene that lacks them."""
     if features_settled(run, lake):  # every scene done: decided from two small Delta logs
@@ -188,15 +261,17 @@ def features(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
     errors = spark.sparkContext.accumulator([], ListParam())
     if todo:
         with phase(f"features of {len(todo)} scene(s)"):
-            frame = features_frame(spark, lake, run, todo, errors)
             if lake.local:
                 # One row per tile is small: collect it and commit one file with delta-rs.
                 # A MERGE would run a Spark job more and may compute its source twice.
                 # plan_scenes removed any older rows of these scenes, so the keys are new.
-                table = frame.toArrow()
-                lake.append_arrow("tile_features", table, run.config.storage.zstd_level)
+                table = features_table(spark, lake, run, todo, errors)
+                with phase("commit"):
+                    lake.append_arrow(
+                        "tile_features", table, run.config.storage.zstd_level, owner=run.run_id
+                    )
             else:
-                lake.merge("tile_features", frame)
+                lake.merge("tile_features", features_frame(spark, lake, run, todo, errors))
     run.rejected.extend(errors.value)
     run.ingested = sorted(todo)
     # Every tile of these scenes has a features row unless it was rejected.

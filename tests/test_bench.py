@@ -65,3 +65,14 @@ def test_aggregate_bench_gets_the_baselines_numbers(tmp_path):
     out = run_bench("aggregate", tmp_path, size=384)
     assert out["regions"] == 300 and out["baseline_2_threads_s"] > 0 and out["job_s"] > 0
     assert out["job_regions_area_x4_s"] > 0 and out["job_second_scene_in_table_s"] > 0
+
+
+def test_ndvi_e2e_bench_gets_odc_stacs_numbers_on_four_scenes(tmp_path):
+    # The script asserts that the project's per-tile NDVI count / mean / std equal
+    # odc-stac + dask's for every scene; the demo has three Sentinel-2 dates, the script
+    # writes a fourth.
+    pytest.importorskip("odc.stac", reason="needs the bench extra: pip install -e .[bench]")
+    out = run_bench("ndvi_e2e", tmp_path)
+    assert [r["scenes"] for r in out["runs"]] == [1, 3, 4]
+    assert [r["tiles"] for r in out["runs"]] == [1, 3, 4]  # 256 px: one tile a scene
+    assert all(r["results_equal"] and r["project_ingest_features_s"] > 0 for r in out["runs"])

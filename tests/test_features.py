@@ -746,3 +746,41 @@ def test_feature_rows_read_pixels_from_arrow_buffers_and_reject_a_missing_needed
     # green is needed for its statistics but was not ingested: the tile is rejected
     out = kernel_rows(rows[:1], scene, ["NDVI"], 1.0, {}, errors.extend, bands={"green"})
     assert out == [] and len(errors) == 1 and "green" in errors[0]["reason"]
+
+
+def test_quality_mask_of_many_uint16_bands_by_hand():
+    """Nodata / saturation / valid range in any of several uint16 bands (the min / max
+    path of udfs.masks) and every SCL class, against tests written pixel by pixel."""
+    from udfs.masks import quality_mask
+
+    scl = np.arange(16, dtype="<u2").reshape(4, 4)  # 0..11 and unknown 12..15
+    a = np.full((4, 4), 500, "<u2")
+    b = a.copy()
+    c = a.copy()
+    a[2, 2], b[0, 2], c[1, 1] = 0, 65535, 65535  # SCL 10, 2, 5
+    q = quality_mask("sentinel2-l2a", scl, {"red": a, "nir": b, "green": c})
+    codes = scl.ravel()
+    nodata = (codes == 0) | (a.ravel() == 0)
+    invalid = nodata | (codes == 1) | (codes > 11) | (b.ravel() == 65535) | (c.ravel() == 65535)
+    masked = invalid | np.isin(codes, [3, 8, 9, 10, 11])
+    np.testing.assert_array_equal(q.nodata.ravel(), nodata)
+    np.testing.assert_array_equal(q.invalid.ravel(), invalid)
+    np.testing.assert_array_equal(q.cloud.ravel(), np.isin(codes, [3, 8, 9, 10]))
+    np.testing.assert_array_equal(q.masked.ravel(), masked)
+    # Landsat: a DN outside 7273..43636 in any band is invalid; 0 is nodata too.
+    qa = np.zeros((1, 4), "<u2")
+    low = np.array([[7273, 7272, 0, 9000]], "<u2")
+    high = np.array([[43636, 9000, 9000, 43637]], "<u2")
+    q = quality_mask("landsat-c2l2", qa, {"red": low, "nir08": high})
+    np.testing.assert_array_equal(q.nodata, [[False, False, True, False]])
+    np.testing.assert_array_equal(q.invalid, [[False, True, True, True]])
+
+
+def test_workers_keep_freed_memory_on_glibc():
+    import platform
+
+    from udfs.feature_udfs import keep_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert keep_freed_memory() is True

@@ -392,3 +392,24 @@ def test_a_result_just_outside_the_range_in_float64_is_nan():
 def test_empty_range_is_rejected():
     with pytest.raises(FormulaError, match="empty"):
         parse_formula("X", "nir - red", (1.0, -1.0))
+
+
+def test_index_values_are_the_defined_values_by_hand():
+    """1-D defined values only: negative input, 0/0, NaN and inf inputs, and EVI out of
+    its range are left out; the rest is the textbook float64 formula rounded once."""
+    from udfs.indices import index_values
+
+    red = np.array([0.1, -0.01, 0.0, NAN, 0.2, 0.05, INF], np.float32)
+    nir = np.array([0.5, 0.30, 0.0, 0.4, 0.1, 0.06, 0.3], np.float32)
+    blue = np.array([0.05, 0.1, 0.1, 0.1, 0.1, 0.18, 0.1], np.float32)
+    out = index_values({"red": red, "nir": nir, "blue": blue}, ["NDVI", "EVI"], "sentinel2-l2a")
+    assert list(out) == ["NDVI", "EVI"]
+    r, n, b = (a.astype(np.float64) for a in (red, nir, blue))
+    ndvi = [(n[i] - r[i]) / (n[i] + r[i]) for i in (0, 4, 5)]  # 1: red < 0, 2: 0/0, 3, 6
+    np.testing.assert_array_equal(out["NDVI"], np.array(ndvi).astype(np.float32))
+    # pixel 2: EVI = 0 / 0.25 = 0, defined (NDVI is 0/0 there);
+    # pixel 5: 0.06 + 6 * 0.05 - 7.5 * 0.18 + 1 = 0.01, EVI = 2.5 * 0.01 / 0.01 = 2.5 > 1
+    evi = [2.5 * (n[i] - r[i]) / (n[i] + 6 * r[i] - 7.5 * b[i] + 1) for i in (0, 2, 4, 5)]
+    assert evi[1] == 0 and evi[3] == pytest.approx(2.5, rel=1e-5)
+    np.testing.assert_array_equal(out["EVI"], np.array(evi[:3]).astype(np.float32))
+    assert out["NDVI"].dtype == np.float32 and out["NDVI"].ndim == 1

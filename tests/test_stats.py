@@ -366,3 +366,35 @@ def test_counted_statistics_equal_layer_statistics_of_the_pixels(n):
 
 def finite_of(x):
     return x[np.isfinite(x)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 9, 10, 11, 1000, 65536])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_layer_statistics_equal_numpy_and_reorder_only_when_allowed(n, overwrite):
+    """min / max come from the parts the percentile selection leaves; with
+    ``overwrite_input`` the values are reordered in place, never changed."""
+    from udfs.stats import layer_statistics
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(0.3, 0.2, n).astype(np.float32)
+    x[: n // 3] = x[-1]  # ties
+    before = x.copy()
+    got = layer_statistics(x, STAT_NAMES, overwrite_input=overwrite)
+    v = before.astype(np.float64)
+    want = {"count": n, "mean": v.mean(), "std": v.std(), "min": v.min(), "max": v.max(),
+            "p10": np.percentile(v, 10), "p50": np.percentile(v, 50),
+            "p90": np.percentile(v, 90)}  # fmt: skip
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert np.array_equal(np.sort(x), np.sort(before))
+    if not overwrite:
+        assert np.array_equal(x, before)
+
+
+@pytest.mark.parametrize("stats", [("min",), ("max",), ("min", "max", "p90"), ("p10", "max")])
+def test_layer_statistics_extremes_with_and_without_percentiles(stats):
+    from udfs.stats import layer_statistics
+
+    x = np.array([0.5, -2.0, 7.0, 3.0, 3.0, 1.0], np.float32)
+    got = layer_statistics(x, stats)
+    assert set(got) == {"count", *stats}
+    assert got.get("min", -2.0) == -2.0 and got.get("max", 7.0) == 7.0

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from udfs.indices import compute_indices, index_columns
+from udfs.indices import compute_indices, index_columns, index_values
 from udfs.masks import MaskSettings, QualityMask, quality_mask
 from udfs.reflectance import to_reflectance
 from udfs.sensors import SENSORS
@@ -250,7 +250,7 @@ def tile_features(
     flat = {c: dn[c][keep] for c in needed}
     index_cols = needed_columns(sensor_key, indices, ()) & set(dn)
     refl = reflectance_layers(sensor_key, {c: flat[c] for c in index_cols}, scaling)
-    idx = compute_indices(refl, list(indices), sensor_key)
+    idx = index_values(refl, list(indices), sensor_key)
     out: dict[str, dict[str, float | int]] = {}
     sensor = SENSORS[sensor_key]
     for c in summarised:
@@ -265,8 +265,8 @@ def tile_features(
         else:
             layer = refl[c] if c in refl else reflectance_layers(sensor_key, {c: x}, scaling)[c]
             out[c] = layer_statistics(finite(layer), names)
-    for name, v in idx.items():
-        out[name.lower()] = layer_statistics(finite(v), names)
+    for name, v in idx.items():  # new arrays of defined values: reordered in place
+        out[name.lower()] = layer_statistics(v, names, overwrite_input=True)
     valid_fraction, cloud_fraction = fractions(q.nodata, q.cloud, q.masked, q.cloud_known)
     return {
         "pixel_count": int(keep.size),

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import ast
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -378,6 +378,50 @@ def compute_indices(
     ValueError
         The bands an index needs differ in shape.
     """
+    out: dict[str, np.ndarray] = {}
+    for name, value, ok in _evaluate(bands, names, sensor_key):
+        result = value.astype(np.float32)
+        np.copyto(result, INDEX_NODATA, where=~ok)
+        out[name] = result
+    return out
+
+
+def index_values(
+    bands: Mapping[str, np.ndarray], names: Sequence[str], sensor_key: str
+) -> dict[str, np.ndarray]:
+    """The defined values of each index, for statistics: what :func:`compute_indices`
+    gives without its NaN (and without +-inf), as a 1-D array.
+
+    Parameters and errors are those of :func:`compute_indices`; ``bands`` may have any
+    shape (1-D: the kept pixels of a tile).
+
+    Returns
+    -------
+    dict of str to ndarray of float32, shape (n_defined,)
+        Per index, in the order of ``names``: the float32 values of the pixels where the
+        index is defined (every input reflectance finite and >= 0, the result inside the
+        index's physical range), in pixel order. Unitless. Each array is new (the caller
+        may sort it in place).
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, value, ok in _evaluate(bands, names, sensor_key):
+        kept = value[ok].astype(np.float32)
+        lo, hi = INDICES[name].valid_range
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            # Finite in float64 but beyond float32: compute_indices would give +-inf.
+            kept = kept[np.isfinite(kept)]
+        out[name] = kept
+    return out
+
+
+def _evaluate(
+    bands: Mapping[str, np.ndarray], names: Sequence[str], sensor_key: str
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, float64 value, defined)`` of each index in ``names``, in order: the one
+    place where the policy of the module's Decisions is applied (``defined`` is False
+    where an input is not finite or negative, or the value is outside the index's range).
+
+    """
     columns = index_columns(names, sensor_key)
     for name, cols in columns.items():
         for band, col in cols.items():
@@ -402,15 +446,16 @@ def compute_indices(
     # the formula would give a finite number (x / inf = 0). A negative one is a measured
     # value, but outside the domain the index's formula is defined on.
     # ``a >= 0`` is False for NaN; +inf is the one non-finite value that passes it.
-    usable = {col: (a >= 0) & (a < np.inf) for col, a in arrays.items()}
+    usable: dict[str, np.ndarray] = {}
     # Indices over the same columns (NDVI, SAVI: red, nir) share one input mask.
     inputs_ok: dict[frozenset[str], np.ndarray] = {}
-    out: dict[str, np.ndarray] = {}
     for name, cols in columns.items():
         index = INDICES[name]
         inputs = {band: arrays[col] for band, col in cols.items()}
         key = frozenset(cols.values())
         if key not in inputs_ok:
+            for c in key - set(usable):
+                usable[c] = (arrays[c] >= 0) & (arrays[c] < np.inf)
             inputs_ok[key] = np.logical_and.reduce([usable[c] for c in sorted(key)])
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             value = np.asarray(index.fn(inputs), dtype=np.float64)
@@ -425,7 +470,4 @@ def compute_indices(
                 if not (math.isfinite(lo) and math.isfinite(hi)):
                     ok &= np.isfinite(value)
         ok &= inputs_ok[key]
-        result = value.astype(np.float32)
-        np.copyto(result, INDEX_NODATA, where=~ok)
-        out[name] = result
-    return out
+        yield name, value, ok

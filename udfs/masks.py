@@ -53,6 +53,7 @@ Decisions
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -518,6 +519,103 @@ def radsat_mask(radsat: np.ndarray, sensor_key: str) -> np.ndarray:
     return ((words & bits) != 0) | unknown
 
 
+def _dn_masks(
+    arrays: list[np.ndarray],
+    shape: tuple[int, ...],
+    nodata: float | None,
+    saturated_value: float | None,
+    valid_range: tuple[float, float] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(nodata in any band, saturated or out of range in any band)`` of one tile's DN.
+
+    The same answers as :func:`nodata_mask`, :func:`saturated_mask` and
+    :func:`out_of_range_mask` OR-ed over the bands. For integer bands of one dtype they
+    come from the pixel-wise minimum and maximum over the bands: a band is at or above
+    the saturated DN (or above the range) somewhere exactly where the maximum is, below
+    the range where the minimum is, and equal to a nodata DN that is the dtype's lowest
+    value (0 for the products' uint16) where the minimum is. Two passes over each band
+    instead of three tests and three ORs.
+    """
+    dtypes = {a.dtype for a in arrays}
+    fast = len(dtypes) == 1 and np.issubdtype(next(iter(dtypes)), np.integer)
+    if not fast:  # float bands (NaN is nodata, never the minimum), mixed dtypes, none
+        no = np.zeros(shape, bool)
+        bad = np.zeros(shape, bool)
+        for a in arrays:
+            no |= nodata_mask(a, nodata)
+            bad |= saturated_mask(a, saturated_value)
+            bad |= out_of_range_mask(a, valid_range)
+        return no, bad
+    low = np.minimum(arrays[0], arrays[-1])
+    high = np.maximum(arrays[0], arrays[-1])
+    for a in arrays[1:-1]:
+        np.minimum(low, a, out=low)
+        np.maximum(high, a, out=high)
+    lowest = np.iinfo(low.dtype).min
+    if nodata is None:
+        no = np.zeros(shape, bool)
+    elif nodata == lowest:
+        no = low == nodata
+    else:  # a nodata DN inside the dtype's range: any band equal to it
+        no = np.zeros(shape, bool)
+        for a in arrays:
+            no |= a == nodata
+    bad = np.zeros(shape, bool) if saturated_value is None else high >= saturated_value
+    if valid_range is not None:
+        lo, hi = valid_range
+        bad |= (low < lo) | (high > hi)
+    return no, bad
+
+
+#: Bits of :func:`_scl_table`: nodata, invalid, cloud, masked.
+_NODATA_BIT, _INVALID_BIT, _CLOUD_BIT, _MASKED_BIT = 1, 2, 4, 8
+
+
+@functools.lru_cache(maxsize=16)
+def _scl_table(classes: tuple[int, ...]) -> np.ndarray:
+    """uint8 bits of every uint16 SCL value (:data:`_NODATA_BIT` ...), read-only.
+
+    Codes outside 0..11 are invalid and masked, never nodata or cloud (the module's
+    Decisions), as :func:`_scl_lookup` says for each question separately.
+    """
+    table = np.full(65536, _INVALID_BIT | _MASKED_BIT, np.uint8)
+    table[: _SCL_MAX + 1] = 0
+    for c in SCL_NODATA_CLASSES:
+        table[c] |= _NODATA_BIT
+    for c in SCL_INVALID_CLASSES:
+        table[c] |= _INVALID_BIT
+    for c in SCL_CLOUD_CLASSES:
+        table[c] |= _CLOUD_BIT
+    for c in check_scl_classes(classes):
+        table[c] |= _MASKED_BIT
+    table.setflags(write=False)
+    return table
+
+
+def _scl_masks(
+    scl: np.ndarray, classes: Iterable[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(nodata, invalid, cloud, masked-by-class)`` of an SCL array.
+
+    The same four masks as ``_scl_lookup`` with :data:`SCL_NODATA_CLASSES`,
+    :data:`SCL_INVALID_CLASSES` and :func:`scl_cloud`, and :func:`scl_mask` with
+    ``classes``; for uint8 / uint16 arrays from one table lookup instead of four.
+    """
+    arr = np.asarray(scl)
+    if arr.dtype not in (np.uint8, np.uint16):
+        return (
+            _scl_lookup(arr, SCL_NODATA_CLASSES, unknown=False),
+            _scl_lookup(arr, SCL_INVALID_CLASSES, unknown=True),
+            scl_cloud(arr),
+            scl_mask(arr, classes),
+        )
+    bits = _scl_table(tuple(sorted(set(check_scl_classes(classes))))).take(arr)
+    return tuple(  # type: ignore[return-value]
+        (bits & b).view(bool) if b == 1 else (bits & b) != 0
+        for b in (_NODATA_BIT, _INVALID_BIT, _CLOUD_BIT, _MASKED_BIT)
+    )
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
@@ -650,23 +748,16 @@ def quality_mask(
         raise ValueError(f"{sensor_key}: arrays of one tile must share a shape, got {shapes}")
     shape = next(iter(shapes.values()))
 
-    no = np.zeros(shape, bool)
-    bad = np.zeros(shape, bool)
-    for a in arrays.values():
-        no |= nodata_mask(a, nodata)
-        bad |= saturated_mask(a, saturated_value)
-        bad |= out_of_range_mask(a, valid_range)
+    no, bad = _dn_masks(list(arrays.values()), shape, nodata, saturated_value, valid_range)
     if radsat is not None:
         bad |= radsat_mask(radsat, sensor_key)
 
     cloud_known = scheme is not None
     if scheme == "scl":
         assert qa is not None
-        no |= _scl_lookup(qa, SCL_NODATA_CLASSES, unknown=False)
-        # unknown SCL codes are invalid (but not nodata, not cloud)
-        bad |= _scl_lookup(qa, SCL_INVALID_CLASSES, unknown=True)
-        cloud = scl_cloud(qa)
-        flagged = scl_mask(qa, scl_classes)
+        scl_no, scl_bad, cloud, flagged = _scl_masks(qa, scl_classes)
+        no |= scl_no
+        bad |= scl_bad
     elif scheme == "qa_pixel":
         assert qa is not None
         no |= qa_fill(qa)

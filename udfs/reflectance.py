@@ -112,11 +112,15 @@ def to_reflectance(
     if not math.isfinite(offset):
         raise ValueError(f"offset must be a finite number, got {offset!r}")
 
-    # float64 first: 65535 * 2.75e-5 - 0.2 in float32 would round twice.
+    # float64 first: 65535 * 2.75e-5 - 0.2 in float32 would round twice. The cast to
+    # float64 is exact, so multiplying with dtype=float64 casts on the fly (one pass).
     with np.errstate(over="ignore", invalid="ignore"):
-        out = (arr.astype(np.float64) * scale + offset).astype(np.float32)
+        wide = np.multiply(arr, scale, dtype=np.float64)
+        wide += offset
+        out = wide.astype(np.float32)
     bad = ~np.isfinite(out)
     if nodata is not None:
         bad |= arr == nodata
-    out[bad] = np.nan
+    if bad.any():
+        out[bad] = np.nan
     return out

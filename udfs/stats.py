@@ -58,7 +58,7 @@ def check_statistics(stats: Iterable[str]) -> tuple[str, ...]:
 
 
 def layer_statistics(
-    values: np.ndarray, stats: Sequence[str] = STAT_NAMES
+    values: np.ndarray, stats: Sequence[str] = STAT_NAMES, overwrite_input: bool = False
 ) -> dict[str, float | int]:
     """Statistics of a 1-D array of valid, finite values (already masked).
 
@@ -70,6 +70,9 @@ def layer_statistics(
     stats : sequence of str
         Which of :data:`STAT_NAMES` to compute (others are left out of the result;
         ``count`` is always there).
+    overwrite_input : bool
+        Let the percentiles reorder ``values`` in place instead of a copy (as numpy's
+        ``percentile(..., overwrite_input=True)``); the values themselves are unchanged.
 
     Returns
     -------
@@ -79,10 +82,12 @@ def layer_statistics(
 
     Notes
     -----
-    Cost is what one plain numpy user pays: mean and std in float64 (one cast), min and
-    max as reductions, and the percentiles from one ``np.partition`` of the float32
-    values (selection is exact, so the result equals ``np.percentile`` of the float64
-    values); nothing is sorted.
+    Cost is what one plain numpy user pays: mean and std in float64 (one cast, squared
+    deviations in place), the percentiles from single-rank partitions of the values in
+    their own dtype (selection is exact, so the result equals ``np.percentile`` of the
+    float64 values), and with percentiles min and max from the two outer parts the
+    partitions leave (a tenth of the values each) rather than from two whole passes;
+    nothing is sorted.
     """
     x = np.asarray(values).reshape(-1)
     n = x.size
@@ -100,20 +105,28 @@ def layer_statistics(
             out["mean"] = mean
         if "std" in want:
             dev = np.subtract(x64, mean, out=x64)
-            out["std"] = math.sqrt(float(np.add.reduce(dev * dev)) / n)
-    if "min" in want:
-        out["min"] = float(x.min())
-    if "max" in want:
-        out["max"] = float(x.max())
+            out["std"] = math.sqrt(float(np.add.reduce(np.multiply(dev, dev, out=dev))) / n)
     qs = [q for q in PERCENTILES if f"p{q}" in want]
     if qs:
         last = n - 1
         pos = [last * (q / 100.0) for q in qs]
         lo = [math.floor(p) for p in pos]
-        ranked = order_statistics(x, lo)
+        part = x if overwrite_input else np.array(x, copy=True)
+        ranked, bounds = _select(part, lo)
         for q, p, i in zip(qs, pos, lo, strict=True):
             a, b = ranked[i]
             out[f"p{q}"] = _lerp(a, b, p - i)
+        # The lowest selected rank k1 leaves every value below it in part[:k1 + 1],
+        # the highest, k3, every value above it in part[k3:]: the extremes are there.
+        if "min" in want:
+            out["min"] = float(part[: bounds[1]].min())
+        if "max" in want:
+            out["max"] = float(part[bounds[-2] - 1 :].max())
+    else:
+        if "min" in want:
+            out["min"] = float(x.min())
+        if "max" in want:
+            out["max"] = float(x.max())
     return {k: out[k] for k in STAT_NAMES if k in out}
 
 
@@ -127,6 +140,18 @@ def order_statistics(values: np.ndarray, ranks: Sequence[int]) -> dict[int, tupl
     times over (here 1.2 ms for six ranks of 60 000 float32 against 0.1 ms for one).
     """
     x = np.array(values, copy=True).reshape(-1)  # partitioned in place
+    return _select(x, ranks)[0]
+
+
+def _select(
+    x: np.ndarray, ranks: Sequence[int]
+) -> tuple[dict[int, tuple[float, float]], list[int]]:
+    """:func:`order_statistics` of ``x``, partitioning ``x`` itself (1-D, non-empty).
+
+    Returns the ranks' values and the known boundaries ``[0, k1 + 1, k2 + 1, ..., n]``
+    for the sorted ranks ``k1 < k2 < ...``: no value of ``x[:k1]`` is above ``x[k1]``,
+    none of ``x[k1 + 1:k2]`` is below it or above ``x[k2]``, and so on.
+    """
     last = x.size - 1
     out: dict[int, tuple[float, float]] = {}
     # Known boundaries: everything in x[b0:b1] lies between x[b0 - 1] and x[b1].
@@ -140,7 +165,7 @@ def order_statistics(values: np.ndarray, ranks: Sequence[int]) -> dict[int, tupl
         nxt = x[k + 1 : b1]
         above = float(nxt.min()) if nxt.size else float(x[min(k + 1, last)])
         out[k] = (float(x[k]), above)
-    return out
+    return out, bounds
 
 
 def counted_statistics(
