@@ -128,9 +128,39 @@ class IngestConfig:
     #: href anywhere else, any ``/vsi*`` path and any URL not under one of these is
     #: rejected without being read.
     allowed_roots: tuple[str, ...] = ()
+    #: Which scenes a run examines (:mod:`pipelines.incremental`): ``all`` (every scene of
+    #: the source; ingested ones are skipped by id), ``watermark`` (what is new since the
+    #: last succeeded ingest run of this source, by ``watermark_by``) or an ISO date or
+    #: time (``2024-07-01``: from then on). Scenes left unread count as skipped.
+    since: str = "all"
+    #: What "new" means: ``acquired`` (acquisition time: the date in the product name, a
+    #: STAC item's datetime) or ``arrival`` (when the product's files changed last: local
+    #: change time, S3 LastModified).
+    watermark_by: str = "acquired"
+    #: Days before the watermark that are examined again: late arrivals (acquired: more
+    #: than the provider's publication delay). Products found already ingested there are
+    #: skipped from their listing, unread.
+    lookback_days: float = 7.0
 
     def __post_init__(self) -> None:
         _positive("ingest.tile_size", self.tile_size)
+        from pipelines.incremental import WATERMARK_BY, parse_since
+
+        try:
+            parse_since(self.since)
+        except ValueError as e:
+            raise ConfigError(
+                f"ingest.since must be all, watermark or an ISO date/time (2024-07-01), "
+                f"got {self.since!r}"
+            ) from e
+        if self.watermark_by not in WATERMARK_BY:
+            raise ConfigError(
+                f"ingest.watermark_by must be acquired or arrival, got {self.watermark_by!r}"
+            )
+        if not 0 <= self.lookback_days <= 36600:  # NaN and inf fail too
+            raise ConfigError(
+                f"ingest.lookback_days must be 0..36600 days, got {self.lookback_days}"
+            )
         for root in self.allowed_roots:
             _check_root(root)
         from udfs.sensors import SENSORS

@@ -15,6 +15,14 @@ file): listing and small reads go through :func:`udfs.reader.list_files` and
 Optional bands (Landsat ``QA_RADSAT``) are picked up when present; only the sensor's
 ``required_bands`` must be there.
 
+Incremental runs
+----------------
+:func:`discover_window` takes a :class:`pipelines.incremental.Window`: a listed product
+that it passes (older than the watermark, or already ingested) is not read at all, its
+metadata included, and is returned as a :class:`~pipelines.incremental.Passed`. A product
+folder is recognised and dated from its listing alone (:func:`listed_product`, names and
+change times); a STAC item once its document is read (its ``datetime``).
+
 Input policy
 ------------
 A catalogue is data from elsewhere; its hrefs decide which files the job reads and copies
@@ -48,11 +56,13 @@ import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pystac
 
+from pipelines.incremental import Passed, Window, acquired_by
 from udfs import metadata
 from udfs.errors import (
     EmptyCatalogError,
@@ -456,16 +466,88 @@ def folder_tree(root: str, listing: Sequence[str]) -> list[Folder]:
     return [Folder(f, sorted(names[f]), listing) for f in order]
 
 
-def discover_folder(root: str, reading: Reading) -> list[Candidate]:
+def listed_product(folder: Folder) -> str | None:
+    """The scene id of a product folder as its listing shows it (the layouts of
+    :func:`classify_folder`, by file names only); None when it is no recognisable product.
+    """
+    files = folder.files
+    if folder.name.upper().endswith(".SAFE") or any(f.startswith("MTD_MSIL") for f in files):
+        return folder.name.removesuffix(".SAFE")
+    if any(_USGS_BAND.search(f) for f in files):
+        ids = [m.group(0) for f in files if (m := _USGS_ID.match(f))]
+        return ids[0] if ids else folder.name
+    stems = {os.path.splitext(f)[0].upper() for f in files if f.lower().endswith(RASTER_EXT)}
+    return folder.name if {"B02", "B04"} <= stems else None
+
+
+def change_times(
+    root: str, listing: Sequence[str], store: Mapping[str, str]
+) -> dict[str, datetime]:
+    """href -> latest change time (UTC) of every listed file and of every local folder
+    from ``root`` down: ``st_ctime`` locally (set by writing, copying in and moving in;
+    ``cp -p`` and ``rsync -a`` cannot set it back), LastModified on S3."""
+    if urlsplit(root).scheme == "s3":
+        from pyarrow import fs as pafs
+
+        from udfs.reader import _s3, _s3_parts  # the listing's own S3 file system
+
+        bucket, key = _s3_parts(root)
+        fs = _s3(tuple(sorted(store.items())))
+        base = f"{bucket}/{key.rstrip('/')}".rstrip("/")
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        return {f"s3://{i.path}": _utc(i.mtime) for i in infos if i.mtime is not None}
+    out = {}
+    folders = {posixpath.dirname(h) for h in listing} | {root.rstrip("/") or "/"}
+    for href in [*listing, *folders]:
+        try:
+            out[href] = datetime.fromtimestamp(os.lstat(href).st_ctime, timezone.utc)
+        except OSError:
+            continue  # gone since the listing: its product is examined (and fails there)
+    return out
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def _arrived(folder: Folder, times: Mapping[str, datetime]) -> datetime | None:
+    """Latest change time of a product folder: its files, its subfolders' files and (local)
+    the folders holding them; None when one of them has none (never passed as old then)."""
+    files = [folder.join(f) for f in folder.files] + [folder.join(r) for r in folder.below()]
+    hrefs = files
+    if not folder.href.startswith("s3://"):  # S3 has no folders
+        hrefs = [*files, folder.href, *{posixpath.dirname(h) for h in files}]
+    if not hrefs or any(h not in times for h in hrefs):
+        return None
+    return max(times[h] for h in hrefs)
+
+
+def discover_folder(
+    root: str, reading: Reading, window: Window | None = None, passed: list[Passed] | None = None
+) -> list[Candidate]:
     """Every product folder under ``root`` and every folder of unrecognised rasters.
 
-    A product folder's subfolders belong to it; so do a failed SAFE's.
+    A product folder's subfolders belong to it; so do a failed SAFE's. With a
+    ``window``, product folders it passes are appended to ``passed``, unread.
     """
     out: list[Candidate] = []
     claimed = None  # "<folder>/" of the last product folder: its subfolders follow it
-    for folder in folder_tree(root, list_files(root, reading.store)):
+    listing = list_files(root, reading.store)
+    times = {}
+    if window is not None and window.by == "arrival" and window.cutoff is not None:
+        times = change_times(root, listing, reading.store)
+    for folder in folder_tree(root, listing):
         if claimed is not None and folder.href.startswith(claimed):
             continue
+        scene_id = listed_product(folder) if window is not None else None
+        if window is not None and scene_id is not None and unsafe_id(scene_id) is None:
+            arrived = _arrived(folder, times) if times else None
+            why = window.why_not_read(scene_id, acquired_by(scene_id), arrived)
+            if why is not None:
+                if passed is not None:
+                    passed.append(Passed(scene_id, folder.href, why))
+                claimed = folder.href + "/"
+                continue
         try:
             found = classify_folder(folder, reading)
             if found is not None:
@@ -703,9 +785,36 @@ def _items_of(
     return items, errors
 
 
-def discover_stac(path: str, reading: Reading) -> list[Candidate]:
+def _item_acquired(item: pystac.Item) -> datetime | None:
+    """Latest acquisition time of a STAC item (``datetime``, else ``end_datetime``)."""
+    when = item.datetime
+    if when is None and item.properties.get("end_datetime"):
+        when = pystac.utils.str_to_datetime(str(item.properties["end_datetime"]))
+    return _utc(when) if when is not None else None
+
+
+def _document_time(origin: str, reading: Reading) -> datetime | None:
+    """Latest change time of the JSON document holding an item (``path#i``: the file);
+    None when it cannot be told."""
+    href = origin.split("#", 1)[0]
+    try:
+        if urlsplit(href).scheme == "s3":
+            from udfs.reader import _s3, _s3_parts  # the listing's own S3 file system
+
+            info = _s3(tuple(sorted(reading.store.items()))).get_file_info(
+                "/".join(_s3_parts(href))
+            )
+            return _utc(info.mtime) if info.mtime is not None else None
+        return datetime.fromtimestamp(os.lstat(href).st_ctime, timezone.utc)
+    except OSError:
+        return None
+
+
+def discover_stac(
+    path: str, reading: Reading, window: Window | None = None, passed: list[Passed] | None = None
+) -> list[Candidate]:
     """Scenes of a STAC Catalog/Collection, ItemCollection or Item JSON file (local or
-    ``s3://``)."""
+    ``s3://``). With a ``window``, items it passes are appended to ``passed``."""
     try:
         doc = json.loads(read_text(path, reading.store))
         items, errors = _items_of(doc, path, reading)
@@ -717,6 +826,13 @@ def discover_stac(path: str, reading: Reading) -> list[Candidate]:
         ]
     out: list[Candidate] = [*errors]
     for item, origin in items:
+        if window is not None and unsafe_id(item.id) is None:
+            arrived = _document_time(origin, reading) if window.by == "arrival" else None
+            why = window.why_not_read(item.id, _item_acquired(item), arrived)
+            if why is not None:
+                if passed is not None:
+                    passed.append(Passed(item.id, origin, why))
+                continue
         try:
             out.append(stac_item_scene(item, origin, reading))
         except SceneError as e:
@@ -739,10 +855,12 @@ def _not_a_source(part: str) -> SceneError:
     return UnknownLayoutError(reason, href=part, stage="discover")
 
 
-def _discover_prefix(part: str, reading: Reading) -> list[Candidate]:
+def _discover_prefix(
+    part: str, reading: Reading, window: Window | None = None, passed: list[Passed] | None = None
+) -> list[Candidate]:
     """Scenes under an ``s3://`` prefix; one error when it holds nothing or cannot be listed."""
     try:
-        return discover_folder(part, reading)
+        return discover_folder(part, reading, window, passed)
     except OSError as e:
         return [UnknownLayoutError(f"source cannot be listed: {e}", href=part, stage="discover")]
 
@@ -758,16 +876,28 @@ def discover(source: str, allowed_roots: Sequence[str] = ()) -> list[Candidate]:
         ``ingest.allowed_roots``: where hrefs may lead besides each entry's own folder
         (module docstring, "Input policy").
     """
+    return discover_window(source, allowed_roots)[0]
+
+
+def discover_window(
+    source: str, allowed_roots: Sequence[str] = (), window: Window | None = None
+) -> tuple[list[Candidate], list[Passed]]:
+    """:func:`discover` under an incremental ``window`` (None: every product is read).
+
+    Returns the candidates and the products the window passed, unread (module docstring,
+    "Incremental runs").
+    """
     out: list[Candidate] = []
+    passed: list[Passed] = []
     store = object_store_env()
     for part in (s.strip() for s in source.split(",") if s.strip()):
         reading = Reading(InputPolicy.for_source(part, allowed_roots), store)
         if part.lower().endswith(".json"):
-            out += discover_stac(part, reading)
+            out += discover_stac(part, reading, window, passed)
         elif urlsplit(part).scheme == "s3":
-            out += _discover_prefix(part, reading)
+            out += _discover_prefix(part, reading, window, passed)
         elif os.path.isdir(part):
-            out += discover_folder(part, reading)
+            out += discover_folder(part, reading, window, passed)
         else:
             out.append(_not_a_source(part))
-    return out
+    return out, passed

@@ -27,11 +27,10 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from pipelines.config import Config, load_config
 from pipelines.datamodel import SCENES, TABLES, TILES
-from pipelines.discover import discover
 from pipelines.jobs import Job, job_parser, run_main
-from pipelines.lakehouse import Lakehouse
+from pipelines.lakehouse import Decide, Held, Lakehouse, replace_held
 from pipelines.preflight import absolute_sources, check_source, ingest_settled, row_count
-from pipelines.runs import ListParam, Run, phase
+from pipelines.runs import ListParam, Run, done_by_lines, live_runs, phase
 from pipelines.scheduling import balanced_groups, grouped_rdd, task_count
 from udfs.errors import ConfigError, SceneError
 from udfs.ingest_udfs import (
@@ -198,9 +197,9 @@ def use_arrow_writer(config: Config, lake: Lakehouse) -> bool:
     return writer == "arrow" or (writer == "auto" and lake.local)
 
 
-def tile_file_writer(config: Config, table_path: str, report_error: Any) -> Any:
+def tile_file_writer(config: Config, table_path: str, report_error: Any, owner: str = "") -> Any:
     """The executors' tile writer (:func:`udfs.ingest_udfs.make_tile_file_writer`) for
-    ``config``, writing under ``table_path``."""
+    ``config``, writing under ``table_path`` files named after run ``owner``."""
     ing = config.ingest
     return make_tile_file_writer(
         table_path,
@@ -211,14 +210,21 @@ def tile_file_writer(config: Config, table_path: str, report_error: Any) -> Any:
         ing.resampling,
         config.storage.zstd_level,
         report_error,
+        owner,
     )
 
 
 def write_tile_files(
-    spark: SparkSession, lake: Lakehouse, infos: list[dict[str, Any]], config: Config, errors: Any
+    spark: SparkSession,
+    lake: Lakehouse,
+    infos: list[dict[str, Any]],
+    config: Config,
+    errors: Any,
+    owner: str = "",
 ) -> list[dict[str, Any]]:
-    """Executors read blocks and write one Parquet file each; returns the file records."""
-    writer = tile_file_writer(config, lake.local_path("tiles"), errors.add)
+    """Executors read blocks and write one Parquet file each (named after run ``owner``,
+    uncommitted); returns the file records."""
+    writer = tile_file_writer(config, lake.local_path("tiles"), errors.add, owner)
     lake.ensure(TABLES["tiles"])  # before executors write into its folder
     # A plain RDD job: nothing but small file records comes back, and a DataFrame job
     # (rows to the JVM and back, Arrow) costs ~0.3 s more here (bench/ingest_bench.py).
@@ -256,6 +262,12 @@ def scene_rows(run: Run, infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def existing_tilings(lake: Lakehouse) -> dict[str, str]:
     """scene_id -> tiling digest of every scene already in ``scenes``."""
+    if lake.local:
+        try:  # delta-rs: milliseconds; a Spark query costs seconds here
+            t = lake.read_arrow("scenes", ["scene_id", "tiling_digest"]).to_pylist()
+            return {r["scene_id"]: r["tiling_digest"] for r in t}
+        except ValueError:  # reader features delta-rs lacks: Spark below
+            pass
     if not lake.exists("scenes"):
         return {}
     rows = lake.read("scenes").select("scene_id", "tiling_digest").collect()
@@ -268,7 +280,18 @@ def tiled_bands(lake: Lakehouse, scene_ids: list[str]) -> dict[str, list[str]]:
     For :func:`udfs.ingest_udfs.check_tiled_bands`: jobs that read bands refuse scenes
     ingested without one they need.
     """
-    if not scene_ids or not lake.exists("scenes"):
+    if not scene_ids:
+        return {}
+    if lake.local:
+        import pyarrow.dataset as ds
+
+        try:  # delta-rs: milliseconds; a Spark query costs seconds here
+            where = ds.field("scene_id").isin(scene_ids)
+            t = lake.read_arrow("scenes", ["scene_id", "bands"], where).to_pylist()
+            return {r["scene_id"]: [b["column"] for b in r["bands"] or []] for r in t}
+        except ValueError:  # reader features delta-rs lacks: Spark below
+            pass
+    if not lake.exists("scenes"):
         return {}
     rows = (
         lake.read("scenes")
@@ -280,58 +303,215 @@ def tiled_bands(lake: Lakehouse, scene_ids: list[str]) -> dict[str, list[str]]:
 
 
 def check_strict(run: Run) -> None:
+    """With ``ingest.strict``, stop at the first rejected input (a :class:`SceneError`)."""
     if run.config.ingest.strict and run.rejected:
         r = run.rejected[0]
         raise SceneError(r["reason"], scene_id=r["scene_id"], href=r["href"], stage=r["stage"])
 
 
+#: Tables whose rows derive from a scene's tiles and are keyed by scene: a re-tiled scene's
+#: rows there are stale (the aggregates keyed otherwise carry the scene's ingest run in
+#: their inputs digests, and recompute).
+DOWNSTREAM = tuple(
+    t.name
+    for t in TABLES.values()
+    if "scene_id" in t.key and t.name not in ("scenes", "tiles", "rejected")
+)
+
+
+def invalidate_downstream(lake: Lakehouse, scene_ids: list[str]) -> None:
+    """Delete the :data:`DOWNSTREAM` rows of re-tiled scenes: computed from their old
+    tiles, they must not be read as current (features, classify and aggregate redo them)."""
+    for name in DOWNSTREAM if scene_ids else ():
+        if lake.format != "delta" or _holds(lake, name, scene_ids):
+            lake.delete(name, "scene_id", scene_ids)
+
+
+def _holds(lake: Lakehouse, name: str, scene_ids: list[str]) -> bool:
+    """Whether table ``name`` holds a row of these scenes (delta-rs for local tables)."""
+    import pyarrow.dataset as ds
+
+    if not lake.local:
+        return lake.exists(name)
+    try:
+        t = lake.read_arrow(name, ["scene_id"], ds.field("scene_id").isin(scene_ids))
+    except ValueError:  # reader features delta-rs lacks: let Spark's DELETE look
+        return True
+    return t.num_rows > 0
+
+
+def tile_decider(lake: Lakehouse, run: Run, rebuild: set[str]) -> Decide:
+    """Per scene, at the ``tiles`` commit: write it, or leave it to the run that has it.
+
+    Against the ``scenes`` table as it is at that moment, for each scene this run tiled:
+
+    * already recorded with this tiling (by a concurrent run that committed first): left
+      to that run;
+    * recorded with other settings: replaced with ``--rebuild`` (planned, or tiled so by a
+      concurrent run), else left to that run;
+    * tiles there and no ``scenes`` row: a run that is still running committed them and is
+      about to record the scene (left to it), or a run that stopped before recording it
+      left them (replaced, in the same commit).
+    """
+    digest = run.config.ingest.tiling_digest()
+
+    def decide(held: dict[tuple, Held]) -> dict[tuple, str | None]:
+        ids = [g[0] for g in held]
+        recorded = _scene_rows(lake, ids)
+        owners = {o for h in held.values() for o in h.owners if o and o != run.run_id}
+        alive = live_runs(lake.spark, lake, owners) if owners else set()
+        out: dict[tuple, str | None] = {}
+        for g, h in held.items():
+            row = recorded.get(g[0])
+            if row and row["tiling_digest"] == digest and h.files:
+                out[g] = row["run_id"]
+                continue
+            if row and not (run.config.ingest.rebuild or g[0] in rebuild):
+                out[g] = row["run_id"]
+                continue
+            pending = sorted(o for o in h.owners if o in alive and (not row or o != row["run_id"]))
+            out[g] = pending[0] if pending else None
+        return out
+
+    return decide
+
+
+def _scene_rows(lake: Lakehouse, scene_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """scene_id -> ``scenes`` row (tiling digest, run id) of these scenes, now."""
+    import pyarrow.dataset as ds
+
+    where = ds.field("scene_id").isin(scene_ids)
+    t = lake.read_arrow("scenes", ["scene_id", "tiling_digest", "run_id"], where)
+    return {r["scene_id"]: r for r in t.to_pylist()}
+
+
+def commit_scenes(
+    spark: SparkSession,
+    lake: Lakehouse,
+    run: Run,
+    infos: list[dict[str, Any]],
+    files: list[dict[str, Any]],
+    rebuild: list[str],
+) -> list[dict[str, Any]]:
+    """Commit the tiles files, then the ``scenes`` rows, of the scenes this run may write
+    (:func:`tile_decider`); returns their ``scenes`` rows. Scenes another run wrote first
+    go to ``run.skipped`` and ``run.done_by``, and this run's files of them are deleted.
+
+    Re-tiled scenes: their ``scenes`` rows (old tiling) and :data:`DOWNSTREAM` rows go
+    first, so no job plans on the old tiling meanwhile; the downstream rows are swept again
+    after the tiles commit (rows a concurrent job computed from the old tiles meanwhile).
+    """
+    digest = run.config.ingest.tiling_digest()
+    if rebuild:
+        lake.delete_where(
+            "scenes", F.col("scene_id").isin(rebuild) & (F.col("tiling_digest") != digest)
+        )
+        invalidate_downstream(lake, rebuild)
+    done = lake.commit_files("tiles", files, run.run_id, tile_decider(lake, run, set(rebuild)))
+    for (scene_id,), other in sorted(done.left.items()):
+        run.skipped.append(scene_id)
+        run.done_by[scene_id] = other
+    written = {g[0] for g in done.written}
+    invalidate_downstream(lake, sorted(written & set(rebuild)))
+    rows = scene_rows(run, [i for i in infos if i["scene_id"] in written])
+    if rows:
+        # A scene's tiles are this run's alone now: its row replaces any older one.
+        table = pa.Table.from_pylist(rows, schema=to_arrow_schema(SCENES))
+        lake.append_arrow(
+            "scenes", table, run.config.storage.zstd_level, run.run_id, decide=replace_held
+        )
+    return rows
+
+
+def merge_scenes(
+    spark: SparkSession,
+    lake: Lakehouse,
+    run: Run,
+    infos: list[dict[str, Any]],
+    rebuild: list[str],
+    errors: Any,
+) -> list[dict[str, Any]]:
+    """Tables anywhere (object stores, ``ingest.writer=spark``): tiles and scenes through
+    Spark MERGEs (insert if absent; retried on concurrent commits), so no key is written
+    twice. In strict mode the tiles are computed and checked before anything is written.
+    """
+    config = run.config
+    lake.delete("scenes", "scene_id", rebuild)
+    invalidate_downstream(lake, rebuild)
+    # Tiles of a scene about to be (re)ingested: re-tiled ones, or left by a run that
+    # stopped between writing tiles and recording the scene. Keeps the tile key unique.
+    lake.delete("tiles", "scene_id", [i["scene_id"] for i in infos])
+    frame = tiles_frame(blocks_frame(spark, infos, config), config, errors)
+    if config.ingest.strict:
+        frame = frame.localCheckpoint(eager=True)  # reads every block: errors known
+        reject_unreadable(run, errors)
+        check_strict(run)
+    lake.merge("tiles", frame)
+    failed = reject_unreadable(run, errors) if not config.ingest.strict else []
+    lake.delete("tiles", "scene_id", failed)
+    rows = scene_rows(run, [i for i in infos if i["scene_id"] not in failed])
+    if rows:
+        lake.merge("scenes", spark.createDataFrame(rows, SCENES))
+    return rows
+
+
+def reject_unreadable(run: Run, errors: Any) -> list[str]:
+    """Scenes with an unreadable block (rejected whole, one record each); their ids."""
+    by_scene = {e["scene_id"]: e for e in errors.value}
+    known = {(r.get("scene_id"), r.get("stage")) for r in run.rejected}
+    run.rejected.extend(e for s, e in by_scene.items() if (s, e["stage"]) not in known)
+    return sorted(by_scene)
+
+
 def ingest(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
-    """Run the whole ingest for ``run.config``; returns ``run`` with its accounting filled."""
+    """Run the whole ingest for ``run.config``; returns ``run`` with its accounting filled.
+
+    Nothing is committed before every block of every scene was read and written: with
+    ``--strict`` a bad input stops the run with nothing of it in ``tiles`` or ``scenes``.
+    """
     config = run.config
     with phase("discover"):
-        sources = split_candidates(run, discover(config.ingest.source))
+        from pipelines import incremental  # ingest.since: what this run examines (issue 15)
+
+        found = incremental.discover_new(lake, config)
+        sources = split_candidates(run, found.candidates)
+        if line := incremental.account(run, found):  # passed products: seen and skipped
+            print(line)
     check_strict(run)
     with phase("incremental check"):
         todo, rebuild = skip_ingested(run, sources, existing_tilings(lake))
-        lake.delete("scenes", "scene_id", rebuild)
-        # Tiles of a scene about to be (re)ingested: re-tiled ones, or left by a run that
-        # stopped between writing tiles and recording the scene. Keeps the tile key unique.
-        lake.delete("tiles", "scene_id", [s.scene_id for s in todo])
     with phase(f"inspect {len(todo)} scene(s)"):
         infos = [select_bands(i, config) for i in inspect_scenes(spark, run, todo)]
     check_strict(run)
 
     errors = spark.sparkContext.accumulator([], ListParam())
-    files: list[dict[str, Any]] = []
-    with phase("read and write tiles"):
-        if infos and use_arrow_writer(config, lake):
-            files = write_tile_files(spark, lake, infos, config, errors)
-        elif infos:
-            lake.merge("tiles", tiles_frame(blocks_frame(spark, infos, config), config, errors))
-    # A scene with an unreadable block is rejected whole: what was written of it goes.
-    failed = sorted({e["scene_id"] for e in errors.value})
-    if files or use_arrow_writer(config, lake):
-        with phase("commit tiles"):
-            for f in files:
-                if f["scene_id"] in failed:
-                    os.remove(f"{lake.local_path('tiles')}/{f['path']}")
-            lake.commit_files("tiles", [f for f in files if f["scene_id"] not in failed])
+    if not use_arrow_writer(config, lake):
+        with phase("read, write and merge tiles and scenes"):
+            rows = merge_scenes(spark, lake, run, infos, rebuild, errors) if infos else []
     else:
-        lake.delete("tiles", "scene_id", failed)
-    for e in {e["scene_id"]: e for e in errors.value}.values():
-        run.rejected.append(e)
-    good = [i for i in infos if i["scene_id"] not in failed]
-    rows = scene_rows(run, good)
-    with phase("write scenes"):
-        if rows and use_arrow_writer(config, lake):
-            # New by construction (skip_ingested): an append without a Spark job.
-            table = pa.Table.from_pylist(rows, schema=to_arrow_schema(SCENES))
-            lake.append_arrow("scenes", table, config.storage.zstd_level)
-        elif rows:
-            lake.merge("scenes", spark.createDataFrame(rows, SCENES))
+        if lake.format != "delta":
+            # No log to commit against: the files are the table. Old rows of these scenes
+            # go before this run writes its files (not safe for concurrent runs).
+            lake.delete("scenes", "scene_id", rebuild)
+            invalidate_downstream(lake, rebuild)
+            lake.delete("tiles", "scene_id", [i["scene_id"] for i in infos])
+            rebuild = []
+        files: list[dict[str, Any]] = []
+        with phase("read and write tiles"):
+            if infos:
+                files = write_tile_files(spark, lake, infos, config, errors, run.run_id)
+        # A scene with an unreadable block is rejected whole: what was written of it goes.
+        failed = set(reject_unreadable(run, errors))
+        mine = [f for f in files if f["scene_id"] not in failed]
+        for f in files:
+            if f["scene_id"] in failed or (config.ingest.strict and failed):
+                os.remove(f"{lake.local_path('tiles')}/{f['path']}")
+        check_strict(run)  # before any commit: nothing of this run is in a table
+        with phase("commit tiles and scenes"):
+            good = [i for i in infos if i["scene_id"] not in failed]
+            rows = commit_scenes(spark, lake, run, good, mine, rebuild) if good else []
     run.ingested = [r["scene_id"] for r in rows]
     run.tiles_written = sum(r["n_tiles"] for r in rows)
-    check_strict(run)
     return run
 
 
@@ -385,6 +565,7 @@ def summary(run: Run, lake: Lakehouse) -> str:
         more = f" and {len(run.skipped) - 3} more" if len(run.skipped) > 3 else ""
         some = ", ".join(run.skipped[:3])
         lines.insert(1, f"  skipped (already ingested with the same tiling): {some}{more}")
+    lines[1:1] = done_by_lines(run, "ingested")
     for name in ("scenes", "tiles", "rejected", "runs"):
         # Counts from the Delta log's file statistics: no scan, no Spark job.
         lines.append(f"  {name:<9} {row_count(lake, name):>7} rows  {lake.path(name)}")

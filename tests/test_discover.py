@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from s3server import s3_server  # noqa: F401 (the `s3` fixture, used by name)
 
 from pipelines.discover import discover
 from udfs.errors import (
@@ -210,3 +214,149 @@ def test_l1c_bands_without_metadata_lack_only_the_metadata(shared_data, tmp_path
     (err,) = discover(str(tmp_path))
     assert isinstance(err, UnknownLayoutError) and not isinstance(err, MissingBandError)
     assert "(L1C-like: B10 is present) lacking product metadata" in err.reason
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory) -> Path:
+    """The five demo scenes, small: folders under scenes/, a STAC catalogue under stac/."""
+    from pipelines.demo import generate
+
+    out = tmp_path_factory.mktemp("window_demo")
+    generate(out, size=120, seed=3)
+    return out
+
+
+#: The demo's scene ids by acquisition (pipelines/demo/scenes.py), before / from July 2024.
+JUNE_AND_BEFORE = {
+    "S2A_MSIL2A_20240412T103621_N0300_R008_T31UFS_20240412T165012",
+    "LC08_L2SP_198025_20240515_20240521_02_T1",
+    "S2B_MSIL2A_20240621T103629_N0510_R008_T31UFS_20240621T133010",
+}
+JULY_ON = {
+    "LC09_L2SP_198025_20240726_20240801_02_T1",
+    "S2A_MSIL2A_20240830T103631_N0510_R008_T31UFS_20240830T151502",
+}
+
+
+def emptied(folder: Path) -> None:
+    """Every file under ``folder`` truncated to 0 bytes: reading one fails."""
+    for p in folder.rglob("*"):
+        if p.is_file():
+            p.write_bytes(b"")
+
+
+def test_a_window_passes_old_product_folders_without_reading_them(small_demo, tmp_path):
+    from pipelines.discover import discover_window
+    from pipelines.incremental import BEFORE, Window
+
+    src = tmp_path / "scenes"
+    shutil.copytree(small_demo / "scenes", src)
+    old = [p for p in src.glob("*/*") if p.name.removesuffix(".SAFE") in JUNE_AND_BEFORE]
+    assert len(old) == 3
+    for p in old:
+        emptied(p)
+    # Read, the emptied products are rejected (so a read of them cannot go unnoticed) ...
+    errors = [c for c in discover(str(src)) if isinstance(c, SceneError)]
+    assert {e.scene_id for e in errors} == JUNE_AND_BEFORE
+    # ... under the window they are passed from their listing, unread.
+    window = Window("acquired", datetime(2024, 7, 1, tzinfo=timezone.utc))
+    found, passed = discover_window(str(src), (), window)
+    assert all(isinstance(c, SceneSource) for c in found)
+    assert set(by_id(found)) == JULY_ON
+    assert {(p.scene_id, p.why) for p in passed} == {(i, BEFORE) for i in JUNE_AND_BEFORE}
+    assert {Path(p.href).name for p in passed} == {p.name for p in old}
+
+
+def test_a_scene_dated_the_day_before_the_cutoff_is_still_read(small_demo, tmp_path):
+    from pipelines.discover import discover_window
+    from pipelines.incremental import Window
+
+    # S2B ... 20240621T103629: a name's day counts to the end of the next day (margin).
+    src = small_demo / "scenes"
+    for cutoff, read in ((datetime(2024, 6, 23, tzinfo=timezone.utc), True),
+                         (datetime(2024, 6, 23, 0, 0, 1, tzinfo=timezone.utc), False)):  # fmt: skip
+        found, _ = discover_window(str(src), (), Window("acquired", cutoff))
+        assert (
+            "S2B_MSIL2A_20240621T103629_N0510_R008_T31UFS_20240621T133010" in by_id(found)
+        ) is read
+
+
+def test_already_ingested_ids_are_passed_from_their_listing(small_demo, tmp_path):
+    from pipelines.discover import discover_window
+    from pipelines.incremental import KNOWN, Window
+
+    src = tmp_path / "scenes"
+    shutil.copytree(small_demo / "scenes", src)
+    ls = "LC09_L2SP_198025_20240726_20240801_02_T1"
+    emptied(src / "landsat" / ls)
+    found, passed = discover_window(str(src), (), Window("acquired", None, frozenset({ls})))
+    assert [(p.scene_id, p.why) for p in passed] == [(ls, KNOWN)]
+    assert set(by_id(found)) == (JUNE_AND_BEFORE | JULY_ON) - {ls}
+    assert not [c for c in found if isinstance(c, SceneError)]
+
+
+def test_a_window_passes_old_stac_items_by_their_datetime(small_demo):
+    from pipelines.discover import discover_window
+    from pipelines.incremental import BEFORE, Window
+
+    catalog = small_demo / "stac" / "catalog.json"
+    window = Window("acquired", datetime(2024, 7, 1, tzinfo=timezone.utc))
+    found, passed = discover_window(str(catalog), (str(small_demo),), window)
+    assert set(by_id(found)) == JULY_ON
+    assert {(p.scene_id, p.why) for p in passed} == {(i, BEFORE) for i in JUNE_AND_BEFORE}
+
+
+def test_arrival_is_the_change_time_so_a_copy_keeping_old_mtimes_still_arrives(
+    small_demo, tmp_path
+):
+    from pipelines.discover import discover_window
+    from pipelines.incremental import BEFORE, Window
+
+    src = tmp_path / "scenes"
+    src.mkdir()
+    folders = {p.name.removesuffix(".SAFE"): p for p in (small_demo / "scenes").glob("*/*")}
+    for i in JUNE_AND_BEFORE:
+        shutil.copytree(folders[i], src / folders[i].name)
+    time.sleep(0.05)
+    cutoff = datetime.now(timezone.utc)  # the day-1 run's start
+    time.sleep(0.05)
+    for i in JULY_ON:  # copy2: the files keep the generator's (older) modification times
+        shutil.copytree(folders[i], src / folders[i].name)
+    newest_mtime = max(
+        p.stat().st_mtime for i in JULY_ON for p in (src / folders[i].name).rglob("*")
+    )
+    assert newest_mtime < cutoff.timestamp()  # by mtime they would look old
+    found, passed = discover_window(str(src), (), Window("arrival", cutoff))
+    assert set(by_id(found)) == JULY_ON
+    assert {(p.scene_id, p.why) for p in passed} == {(i, BEFORE) for i in JUNE_AND_BEFORE}
+    # A file rewritten in an old product makes it arrive again: it is read.
+    mtl = next((src / "LC08_L2SP_198025_20240515_20240521_02_T1").glob("*_MTL.txt"))
+    mtl.write_bytes(mtl.read_bytes())
+    found, passed = discover_window(str(src), (), Window("arrival", cutoff))
+    assert set(by_id(found)) == JULY_ON | {"LC08_L2SP_198025_20240515_20240521_02_T1"}
+    assert len(passed) == 2
+
+
+@pytest.mark.slow
+def test_arrival_on_s3_is_last_modified(s3, small_demo):
+    from s3server import upload_tree
+
+    from pipelines.discover import discover_window
+    from pipelines.incremental import BEFORE, Window
+
+    client = s3.client()
+    client.create_bucket(Bucket="arrivals")
+    folders = {p.name.removesuffix(".SAFE"): p for p in (small_demo / "scenes").glob("*/*")}
+    for i in sorted(JUNE_AND_BEFORE):
+        upload_tree(client, folders[i], "arrivals", f"scenes/{folders[i].name}")
+    time.sleep(1.1)  # LastModified may be kept to the second
+    cutoff = datetime.now(timezone.utc)
+    time.sleep(1.1)
+    for i in sorted(JULY_ON):
+        upload_tree(client, folders[i], "arrivals", f"scenes/{folders[i].name}")
+    found, passed = discover_window("s3://arrivals/scenes", (), Window("arrival", cutoff))
+    assert set(by_id(found)) == JULY_ON
+    assert {(p.scene_id, p.why) for p in passed} == {(i, BEFORE) for i in JUNE_AND_BEFORE}
