@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from model_factory import tiny_bundle, tiny_onnx
+from model_factory import tiny_bundle, tiny_model, tiny_onnx
 from pyspark.sql import functions as F
 from rasterio.features import rasterize
 from rasterio.warp import transform_geom
@@ -32,10 +32,13 @@ from udfs.errors import ConfigError
 from udfs.inference import NODATA_CLASS, NODATA_CONFIDENCE, class_dtype, classify_tile
 from udfs.models import (
     ModelError,
+    SummedSessions,
     check_data,
+    forest_parts,
     load_bundle,
     model_bands,
     session_from_bytes,
+    sklearn_to_onnx,
     write_metadata,
 )
 
@@ -145,6 +148,61 @@ def test_session_from_bytes_loads_a_model_once_per_process(tmp_path):
     a = session_from_bytes("digest-a", get)
     b = session_from_bytes("digest-a", get)
     assert a is b and len(calls) == 1
+
+
+def _ort(blob: bytes):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+
+
+def test_forest_parts_hold_every_tree_once_and_sum_to_the_forest():
+    model, _, _ = tiny_model()  # 16 trees, fully grown: one class per leaf
+    blob = sklearn_to_onnx(model, 3)
+    X = np.random.default_rng(9).normal(size=(4000, 3)).astype(np.float32)
+    whole = _ort(blob).run(["probabilities"], {"X": X})[0]
+    # Computed independently: the mean of the trees' own class fractions (float64).
+    by_hand = np.mean([t.predict_proba(X.astype(np.float64)) for t in model.estimators_], axis=0)
+    np.testing.assert_allclose(whole, by_hand, atol=1e-6)
+    for per_part, n_parts in ((3, 6), (8, 2), (16, 1), (100, 1)):
+        parts = forest_parts(blob, per_part)
+        assert len(parts) == n_parts
+        summed = SummedSessions([_ort(p) for p in parts]).run(["probabilities"], {"X": X})[0]
+        # Multiples of 1/16 are exact in float32: the sum equals the whole forest's.
+        np.testing.assert_array_equal(summed, whole)
+        np.testing.assert_array_equal(model.classes_[summed.argmax(axis=1)], model.predict(X))
+
+
+def test_forest_parts_drop_zero_leaf_weights_only():
+    import onnx
+    from onnx import helper
+
+    model, _, _ = tiny_model()
+    leaves = sum(int((t.tree_.children_left == -1).sum()) for t in model.estimators_)
+
+    def weights(blob: bytes) -> list[float]:
+        (node,) = onnx.load_from_string(blob).graph.node
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        return list(attrs["class_weights"])
+
+    full = weights(sklearn_to_onnx(model, 3))
+    assert len(full) == 3 * leaves  # skl2onnx: one weight per class per leaf
+    kept = [w for p in forest_parts(sklearn_to_onnx(model, 3), 4) for w in weights(p)]
+    assert len(kept) == leaves and all(w == 1 / 16 for w in kept)
+
+
+def test_forest_parts_leave_other_models_whole():
+    from sklearn.linear_model import LogisticRegression
+
+    _, X, y = tiny_model()
+    blob = sklearn_to_onnx(LogisticRegression().fit(X, y), 3)
+    assert forest_parts(blob, 4) == [blob]
+
+
+def test_summed_sessions_give_probabilities_only():
+    parts = forest_parts(tiny_onnx(), 8)
+    with pytest.raises(ModelError, match="probabilities"):
+        SummedSessions([_ort(p) for p in parts]).run(["label"], {"X": np.zeros((1, 3), np.float32)})
 
 
 # ----------------------------------------------------------------------------- model checks

@@ -1,8 +1,9 @@
 """Thin Arrow wrapper running :func:`udfs.inference.classify_tile` in executor Python workers.
 
 The model arrives as a broadcast of its ONNX bytes and becomes one onnxruntime session
-per worker process (:func:`udfs.models.session_from_bytes`); Python workers are reused
-across tasks, so a model is loaded once per worker, not once per batch or tile.
+per worker process (:func:`udfs.models.session_from_bytes`; a random forest: one session
+per few trees, :func:`udfs.models.forest_parts`); Python workers are reused across tasks,
+so a model is loaded once per worker, not once per batch or tile.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ A bundle is a folder::
 
 :func:`load_bundle` validates the folder, :func:`check_compatible` the data a bundle is
 applied to, and :func:`predict_pixels` classifies a float32 feature matrix with
-onnxruntime (one inference session per process and model file). No pyspark here.
+onnxruntime (one inference session per process and model file; a random forest as
+sessions of a few trees each, :func:`forest_parts`). No pyspark here.
 
 Decisions
 ---------
@@ -59,6 +60,12 @@ REQUIRED_KEYS = (
 #: whole 256 px tile) and 0.25-0.27 Mpx/s in calls of 256..16 384 (issue 12, one run):
 #: a smaller batch keeps the rows being routed through the trees in cache.
 PREDICT_CHUNK = 16384
+#: Trees per onnxruntime session when a random forest is predicted in parts
+#: (:func:`forest_parts`). The 64-tree demo forest (5490 px bench lake, 0.61 M pixels,
+#: one thread, 2026-12-02): as skl2onnx writes it 0.204 Mpx/s; without its zero leaf
+#: weights 0.262; and in parts of 2, 4, 8, 16 trees 0.287, 0.292, 0.302, 0.302 (in parts
+#: of 8 with the zero weights kept: 0.221). Probabilities identical in every case.
+TREES_PER_PART = 8
 
 
 class ModelError(PipelineError, ValueError):
@@ -403,6 +410,115 @@ def check_data(bundle: ModelBundle, sensors: Sequence[str]) -> None:
 # ----------------------------------------------------------------------------- predicting
 
 
+#: Attributes of a ``TreeEnsembleClassifier`` that list leaf weights, one entry per weight.
+CLASS_ATTRIBUTES = ("class_ids", "class_nodeids", "class_treeids", "class_weights")
+
+
+def _forest_node(model: Any) -> Any:
+    """The graph's only node when it is a ``TreeEnsembleClassifier`` whose probabilities
+    are plain sums of leaf weights (no post-transform, no base values, float thresholds):
+    a random forest as skl2onnx writes it. None for anything else."""
+    from onnx import helper
+
+    nodes = list(model.graph.node)
+    if len(nodes) != 1 or nodes[0].op_type != "TreeEnsembleClassifier":
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in nodes[0].attribute}
+    if any(k.endswith("_as_tensor") for k in attrs) or attrs.get("base_values"):
+        return None
+    if attrs.get("post_transform", b"NONE") not in (b"NONE", "NONE"):
+        return None
+    return nodes[0]
+
+
+def _with_attributes(empty: Any, node: Any, attrs: Mapping[str, Any]) -> bytes:
+    """The model ``empty`` (a graph without nodes) with ``node`` given ``attrs``, serialized."""
+    import onnx
+    from onnx import helper
+
+    new = helper.make_node(
+        node.op_type, list(node.input), list(node.output), name=node.name, domain=node.domain,
+        **attrs,
+    )  # fmt: skip
+    out = onnx.ModelProto()
+    out.CopyFrom(empty)
+    out.graph.node.append(new)
+    return bytes(out.SerializeToString())
+
+
+def forest_parts(model: bytes, trees_per_part: int) -> list[bytes]:
+    """A random forest's ONNX model as models of ``trees_per_part`` trees each, whose
+    ``probabilities`` add up to the forest's; ``[model]`` for any other model.
+
+    Each part also leaves out the zero leaf weights skl2onnx writes (one weight per class
+    per leaf; a random forest leaf of pure training pixels has one non-zero weight):
+    adding zero changes no sum. Why: onnxruntime walks every tree for one row before the
+    next row, so the whole forest's nodes and weights compete for the core's cache; parts
+    that fit in it predicted faster on this machine (issue 12, see :data:`TREES_PER_PART`).
+    With a power-of-two tree count and pure leaves every partial sum is a multiple of
+    1/trees, exact in float32, so the summed probabilities equal the forest's bit for bit;
+    otherwise they may differ in the last float32 bit.
+    """
+    import onnx
+
+    m = onnx.load_from_string(model)
+    node = _forest_node(m)
+    if node is None:
+        return [model]
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    cls = {k: np.asarray(attrs[k]) for k in CLASS_ATTRIBUTES}
+    nonzero = cls["class_weights"] != 0
+    # Every leaf keeps at least one weight entry (onnxruntime expects one per leaf).
+    leaf = cls["class_treeids"].astype(np.int64) << 32 | cls["class_nodeids"].astype(np.int64)
+    _, first, inverse = np.unique(leaf, return_index=True, return_inverse=True)
+    weighted = np.bincount(inverse, weights=nonzero, minlength=len(first)) > 0
+    keep = nonzero.copy()
+    keep[first[~weighted]] = True
+    node_attrs = {k: np.asarray(v) for k, v in attrs.items() if k.startswith("nodes_")}
+    node_trees = node_attrs["nodes_treeids"]
+    tree_ids = np.unique(node_trees)
+    n_parts = max(1, -(-len(tree_ids) // max(1, trees_per_part)))
+    empty = onnx.ModelProto()
+    empty.CopyFrom(m)
+    del empty.graph.node[:]
+    parts = []
+    for ids in np.array_split(tree_ids, n_parts):
+        in_nodes = np.isin(node_trees, ids)
+        in_cls = keep & np.isin(cls["class_treeids"], ids)
+        changes: dict[str, Any] = {k: v[in_nodes].tolist() for k, v in node_attrs.items()}
+        changes.update({k: v[in_cls].tolist() for k, v in cls.items()})
+        # Trees numbered 0..n-1 within the part.
+        changes["nodes_treeids"] = np.searchsorted(ids, node_trees[in_nodes]).tolist()
+        changes["class_treeids"] = np.searchsorted(ids, cls["class_treeids"][in_cls]).tolist()
+        parts.append(_with_attributes(empty, node, {**attrs, **changes}))
+    return parts
+
+
+class SummedSessions:
+    """onnxruntime sessions of a forest's parts (:func:`forest_parts`) run as one model:
+    ``run(["probabilities"], feeds)`` returns the sum of the parts' probabilities."""
+
+    def __init__(self, sessions: Sequence[Any]) -> None:
+        self.sessions = list(sessions)
+
+    def get_inputs(self) -> Any:
+        return self.sessions[0].get_inputs()
+
+    def run(self, outputs: Sequence[str], feeds: Mapping[str, Any]) -> list[Any]:
+        if list(outputs) != ["probabilities"]:
+            raise ModelError(f"a forest in parts gives 'probabilities' only, not {outputs}")
+        total = None
+        for sess in self.sessions:
+            (proba,) = sess.run(["probabilities"], feeds)
+            if total is None:
+                total = proba
+            else:
+                total += proba
+        return [total]
+
+
 def _new_session(model: str | bytes, label: str) -> Any:
     import onnxruntime as ort
 
@@ -411,9 +527,14 @@ def _new_session(model: str | bytes, label: str) -> Any:
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(model, sess_options=opts, providers=_providers())
-    except Exception as e:  # onnxruntime raises its own (non-exported) exception types
+        blob = Path(model).read_bytes() if isinstance(model, str) else model
+        parts = forest_parts(blob, TREES_PER_PART)
+        sessions = [
+            ort.InferenceSession(p, sess_options=opts, providers=_providers()) for p in parts
+        ]
+    except Exception as e:  # onnx and onnxruntime raise their own (non-exported) types
         raise ModelError(f"model {label} cannot be loaded by onnxruntime: {e}") from e
+    return sessions[0] if len(sessions) == 1 else SummedSessions(sessions)
 
 
 def _providers() -> list[str]:
