@@ -784,3 +784,83 @@ def test_workers_keep_freed_memory_on_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     assert keep_freed_memory() is True
+
+
+def test_feature_tasks_are_one_per_core_and_a_multiple_of_the_cores_when_more():
+    """Three tasks on two cores leave one core idle while the third runs: the file
+    groups' count is the cores', or a multiple of it past MAX_FILES_PER_TASK files each."""
+    from types import SimpleNamespace
+
+    from pipelines.features import MAX_FILES_PER_TASK, file_task_count
+
+    def spark(cores):
+        return SimpleNamespace(sparkContext=SimpleNamespace(defaultParallelism=cores))
+
+    assert file_task_count(spark(2), 144) == 2  # four 5490 px scenes: was 3 (64 files each)
+    assert file_task_count(spark(2), 1) == 1
+    assert file_task_count(spark(4), 3) == 3  # never more tasks than files
+    assert file_task_count(spark(2), 2 * MAX_FILES_PER_TASK) == 2
+    assert file_task_count(spark(2), 2 * MAX_FILES_PER_TASK + 1) == 4
+    assert file_task_count(spark(3), 7 * MAX_FILES_PER_TASK) == 9
+
+
+def test_task_counts_of_every_job_are_a_multiple_of_the_cores():
+    """Ingest's blocks (at most 64 a task) follow the same rule: 144 blocks of four
+    5490 px scenes on two cores -> 4 tasks, not 3."""
+    from types import SimpleNamespace
+
+    from pipelines.scheduling import task_count
+
+    def spark(cores):
+        return SimpleNamespace(sparkContext=SimpleNamespace(defaultParallelism=cores))
+
+    assert task_count(spark(2), 144) == 4
+    assert task_count(spark(2), 36) == 2
+    assert task_count(spark(2), 1) == 1
+    assert task_count(spark(4), 129, max_per_task=64) == 4
+    assert task_count(spark(3), 200) == 6
+    assert task_count(spark(2), 3, max_per_task=1) == 3  # never more tasks than items
+
+
+def test_feature_mapper_returns_rejected_tiles_with_the_rows_and_pickles_without_pipelines(
+    tmp_path,
+):
+    """The RDD function yields (True, row) per tile and (False, record) per bad tile; it
+    carries no accumulator, so a fresh worker unpickles it importing no driver module."""
+    import subprocess
+    import sys
+
+    import cloudpickle
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from udfs.feature_udfs import make_feature_mapper
+
+    red = np.full((4, 4), 1000, "<u2")
+    nir = np.full((4, 4), 3000, "<u2")
+    scl = np.full((4, 4), 4, "<u2")
+    good = {"scene_id": "s", "tile_row": 0, "tile_col": 0, "width": 4, "height": 4,
+            "dtype": "uint16", "row_off": 0, "col_off": 0, "red": red.tobytes(),
+            "nir": nir.tobytes(), "qa": scl.tobytes()}  # fmt: skip
+    short = {**good, "tile_col": 1, "col_off": 4, "nir": nir.tobytes()[:10]}
+    other = {**good, "scene_id": "not asked for"}
+    path = tmp_path / "tiles.parquet"
+    pq.write_table(pa.Table.from_pylist([good, short, other]), path, row_group_size=1)
+    scene = {"s": {"sensor": "sentinel2-l2a", "scaling": {}, "acquired_date": None}}
+    mapper = make_feature_mapper(scene, ["NDVI"], 1.0, {"run_id": "r"}, bands=set(),
+                                 stats=("count", "mean"))  # fmt: skip
+    out = list(mapper([str(path)]))
+    assert [ok for ok, _ in out] == [True, False]
+    row, bad = out[0][1], out[1][1]
+    assert (row["tile_col"], row["run_id"], row["valid_count"]) == (0, "r", 16)
+    ((name, stats),) = row["stats"]
+    assert name == "ndvi" and stats["mean"] == pytest.approx(0.5, rel=1e-6)
+    assert bad["href"] == "tiles/s/0/1" and "nir" in bad["reason"] and "32" in bad["reason"]
+
+    code = (
+        "import pickle, sys; f = pickle.loads(sys.stdin.buffer.read()); "
+        "print(sorted(m for m in sys.modules if m.startswith(('pipelines', 'pyspark.sql'))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], input=cloudpickle.dumps(mapper),
+                          capture_output=True, check=True)  # fmt: skip
+    assert proc.stdout.decode().strip() == "[]", proc.stdout

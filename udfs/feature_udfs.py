@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -287,34 +288,42 @@ def make_feature_mapper(
     indices: Sequence[str],
     max_cloud_fraction: float,
     extra: Mapping[str, Any],
-    report_error: Callable[[list[dict[str, Any]]], None],
     masks: MaskSettings | None = None,
     bands: Collection[str] | None = None,
     stats: Sequence[str] = STAT_NAMES,
-) -> Callable[[Iterable[str]], Iterator[dict[str, Any]]]:
-    """RDD ``mapPartitions`` function: ``tiles`` Parquet file paths -> ``tile_features``
-    rows (dicts of :func:`feature_rows`).
+) -> Callable[[Iterable[str]], Iterator[tuple[bool, dict[str, Any]]]]:
+    """RDD ``mapPartitions`` function: ``tiles`` Parquet file paths -> ``(True, row)`` for
+    each ``tile_features`` row (dicts of :func:`feature_rows`) and ``(False, record)`` for
+    each rejected tile (:func:`bad_tile`).
 
     The files are read here, a few row groups at a time (:func:`file_row_groups`), so
     pixels never pass through the JVM, and the rows go back to the driver as they are (one
-    small dict per tile): no DataFrame, no Arrow round trip through Spark. Arguments are
-    those of :func:`make_feature_reader`.
+    small dict per tile): no DataFrame, no Arrow round trip through Spark. Rejected tiles
+    come back with the rows rather than through an accumulator: the function then holds
+    nothing but this module's code and plain data, and a fresh Python worker imports
+    ``udfs`` only (an accumulator's parameter class would make it import the driver's
+    ``pipelines`` modules, pyspark.sql and rasterio among them: ~1 s per worker here).
+    Other arguments are those of :func:`make_feature_reader`.
     """
 
-    def run(paths: Iterable[str]) -> Iterator[dict[str, Any]]:
+    def run(paths: Iterable[str]) -> Iterator[tuple[bool, dict[str, Any]]]:
         keep_freed_memory()
+        errors: list[dict[str, Any]] = []
         for tiles in file_row_groups(list(paths), (*TILE_COLUMNS, *CORE_COLUMNS)):
-            yield from feature_rows(
+            rows = feature_rows(
                 table_rows(tiles),
                 scenes,
                 indices,
                 max_cloud_fraction,
                 extra,
-                report_error,
+                errors.extend,
                 masks,
                 bands,
                 stats,
             )
+            yield from ((True, r) for r in rows)
+            yield from ((False, e) for e in errors)
+            errors.clear()
 
     return run
 
@@ -336,14 +345,25 @@ def keep_freed_memory(mmap_threshold: int = 64 << 20, trim_threshold: int = 256 
     keeps it). Returns False, changing nothing, where the C library has no ``mallopt``
     (not glibc).
     """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _libc()
+    if libc is None:
         return False
     return bool(
-        mallopt(_M_MMAP_THRESHOLD, mmap_threshold) and mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+        libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+        and libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
     )
+
+
+@functools.cache
+def _libc() -> Any:
+    """The C library with a ``mallopt``, once per process (``find_library`` runs
+    ``ldconfig``: tens of ms, at the start of every task otherwise); None without one."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt  # noqa: B018  (the attribute lookup is the test)
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def make_pixel_reader(
