@@ -47,8 +47,16 @@ Decisions
   others are deleted and written again in the same run. Re-running adds nothing; a new
   scene adds its rows; a rebuilt scene replaces its rows. A month's ``index_monthly`` rows
   are recomputed with every scene of that month whenever one of them changes.
-* Tables on a local or mounted file system only: the workers read the tables' Parquet
-  files themselves.
+* **Where the tables live**: a local or mounted file system, or an S3-compatible object
+  store (``s3://`` / ``s3a://`` root). The driver plans from the tables' logs and small
+  columns with delta-rs + pyarrow either way (:func:`pipelines.object_store.read_arrow`;
+  endpoint and region from the AWS environment variables); the workers read the
+  ``tiles`` / ``predictions`` / ``composites`` Parquet row groups themselves, by path or
+  through a ``pyarrow.fs.S3FileSystem`` built from a recipe of the driver's endpoint and
+  region settings (:mod:`udfs.storage`; credentials come from each process's own
+  environment or credential chain, never from the recipe). On an object store the
+  analysis tables are written through Spark (a Delta DELETE of the recomputed rows, then
+  an append), locally with delta-rs.
 """
 
 from __future__ import annotations
@@ -80,6 +88,7 @@ from pipelines.scheduling import grouped_rdd, task_count
 from udfs.aggregate_udfs import combine, make_region_mapper
 from udfs.errors import ConfigError
 from udfs.regions import RegionError
+from udfs.storage import is_object_store, store_options
 
 JOB = "aggregate"
 log = logging.getLogger("eo")
@@ -109,10 +118,10 @@ def aggregate(
     run.rejected.extend(rset.rejected)
     for r in rset.rejected:
         log.warning("%s", r["reason"])
-    if not lake.local:
+    if not (lake.local or is_object_store(lake.root)):
         raise ConfigError(
             f"aggregate reads the tables' files itself: {lake.root} must be a local or "
-            "mounted file system"
+            "mounted file system, or an s3:// / s3a:// root"
         )
     with phase("plan"):
         scenes = scene_info(lake)
@@ -146,6 +155,8 @@ def aggregate(
             "indices": list(cfg.features.indices),
             "masks": cfg.features.masks(),
             "n_codes": {m: max(c for c, _ in codes) + 1 for m, codes in model_classes.items()},
+            # Endpoint and region for the workers' reads of s3:// files; no credentials.
+            "store": store_options(lake.root),
         }
         bc = spark.sparkContext.broadcast(ctx)
         # A unit costs a few ms: up to 512 a task, so the ~0.2 s a Python task costs here

@@ -5,7 +5,9 @@ column is read): :func:`scene_info` gives every scene's grid, date and ingest id
 :func:`plan` compares each (region set, scene[, model]) ``inputs_digest`` with the stored
 one and lists the scenes (x models), months and change groups to recompute, and
 :func:`work_units` the (tile, regions) units whose bounding boxes meet (every other tile
-is pruned before a pixel is read). The digests and what they hold are described in
+is pruned before a pixel is read). Tables are read with delta-rs + pyarrow, on a local
+root or an object store alike (:func:`pipelines.object_store.read_arrow`); a unit names
+its files by path or ``s3://`` href. The digests and what they hold are described in
 :mod:`pipelines.aggregate` (Decisions, *Incremental*).
 """
 
@@ -25,6 +27,7 @@ from shapely.geometry import box, mapping, shape
 
 from pipelines.config import Config, parse_period
 from pipelines.lakehouse import Lakehouse
+from pipelines.object_store import read_arrow
 from pipelines.regions_io import RegionSet
 from pipelines.runs import Run
 from pipelines.scheduling import balanced_groups
@@ -49,7 +52,7 @@ def scene_info(lake: Lakehouse) -> dict[str, dict[str, Any]]:
     cols = ("scene_id", "sensor", "acquired_date", "crs_epsg", "crs_wkt", "transform", "width",
             "height", "tile_size", "overlap", "scaling", "run_id", "tiling_digest")  # fmt: skip
     out = {}
-    for r in lake.read_arrow("scenes", cols).to_pylist():
+    for r in read_arrow(lake, "scenes", cols).to_pylist():
         crs = _crs_key(r)
         out[r["scene_id"]] = {
             "sensor": r["sensor"],
@@ -104,7 +107,7 @@ def tile_layout(
     if model_ids is not None:
         where = where & ds.field("model_id").isin(model_ids)
         cols.append("model_id")
-    return lake.read_arrow(name, cols, where, with_file=True).to_pylist()
+    return read_arrow(lake, name, cols, where, with_file=True).to_pylist()
 
 
 def core_bounds(scene: dict[str, Any], tile_row: int, tile_col: int) -> tuple[float, ...]:
@@ -129,7 +132,7 @@ def touching(bounds: Sequence[float], regions: list[dict[str, Any]]) -> list[int
 
 def resolve_models(lake: Lakehouse, choice: str) -> dict[str, list[tuple[int, str]]]:
     """model_id -> [(code, name)] of the models to aggregate (``aggregate.model``)."""
-    rows = lake.read_arrow("models", ["model_id", "classes", "registered_at"]).to_pylist()
+    rows = read_arrow(lake, "models", ["model_id", "classes", "registered_at"]).to_pylist()
     if choice == "latest":
         rows = sorted(rows, key=lambda r: r["registered_at"])[-1:]
     elif choice != "all":
@@ -144,7 +147,7 @@ def prediction_runs(lake: Lakehouse, models: list[str]) -> dict[tuple[str, str],
     if not models:
         return {}
     cols = ["model_id", "scene_id", "run_id"]
-    rows = lake.read_arrow("tile_predictions", cols, ds.field("model_id").isin(models))
+    rows = read_arrow(lake, "tile_predictions", cols, ds.field("model_id").isin(models))
     out: dict[tuple[str, str], set[str]] = {}
     for r in rows.to_pylist():
         out.setdefault((r["model_id"], r["scene_id"]), set()).add(r["run_id"])
@@ -153,7 +156,7 @@ def prediction_runs(lake: Lakehouse, models: list[str]) -> dict[tuple[str, str],
 
 def stored_digests(lake: Lakehouse, name: str, rset: str, keys: Sequence[str]) -> dict:
     """key tuple -> inputs_digest of the rows of ``name`` for region set ``rset``."""
-    rows = lake.read_arrow(name, [*keys, "inputs_digest"], ds.field("region_set") == rset)
+    rows = read_arrow(lake, name, [*keys, "inputs_digest"], ds.field("region_set") == rset)
     out: dict[tuple, set[str]] = {}
     for r in rows.to_pylist():
         out.setdefault(tuple(r[k] for k in keys), set()).add(r["inputs_digest"])
@@ -285,8 +288,8 @@ def composite_groups(
     one of its first scene; a group whose scenes are gone from ``scenes`` is left out.
     """
     kind = cfg.aggregate.composite_period
-    rows = lake.read_arrow(
-        "composites", COMPOSITE_PLAN_COLUMNS, ds.field("period_kind") == kind, with_file=True
+    rows = read_arrow(
+        lake, "composites", COMPOSITE_PLAN_COLUMNS, ds.field("period_kind") == kind, with_file=True
     ).to_pylist()
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:

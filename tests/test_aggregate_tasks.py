@@ -119,3 +119,59 @@ def test_read_arrow_reads_local_tables_with_partitions_and_files(tmp_path, fmt):
     everything = lake.read_arrow("tiles", ["scene_id", "acquired_date"])
     assert sorted(everything.column("scene_id").to_pylist()) == ["s1", "s2", "s3"]
     assert everything.column("acquired_date")[0].as_py() == date(2024, 6, 1)
+
+
+# ----------------------------------------------------------------------------- object stores
+
+
+def test_delta_storage_options_come_from_the_aws_variables_without_secrets():
+    from pipelines.object_store import delta_uri, storage_options
+
+    env = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI",
+        "AWS_SESSION_TOKEN": "token",
+        "AWS_DEFAULT_REGION": "eu-central-1",
+    }
+    assert storage_options(env) == {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_REGION": "eu-central-1",
+    }
+    # The S3-specific endpoint wins; TLS endpoints need no AWS_ALLOW_HTTP; plain AWS: nothing.
+    https = {**env, "AWS_ENDPOINT_URL_S3": "https://minio.example.org"}
+    assert storage_options(https)["AWS_ENDPOINT_URL"] == "https://minio.example.org"
+    assert "AWS_ALLOW_HTTP" not in storage_options(https)
+    assert storage_options({}) == {}
+    assert storage_options({"AWS_NO_SIGN_REQUEST": "YES"}) == {"AWS_SKIP_SIGNATURE": "true"}
+    assert delta_uri("s3a://bucket/lake/tiles") == "s3://bucket/lake/tiles"
+    assert delta_uri("s3://bucket/lake/tiles") == "s3://bucket/lake/tiles"
+
+
+def test_table_file_hrefs_map_to_a_file_system_and_a_path(tmp_path):
+    import pyarrow.parquet as pq
+    from pyarrow import fs as pafs
+
+    from udfs.storage import filesystem, is_object_store, open_parquet, store_options
+
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_SECRET_ACCESS_KEY": "secret"}
+    assert store_options("/data/lake", env) == {}
+    recipe = store_options("s3a://bucket/lake", env)
+    assert recipe["AWS_S3_ENDPOINT"] == "127.0.0.1:9000" and "secret" not in str(recipe)
+    # Keys as they are: Spark's escaped partition folders (%3A) stay escaped, # is no fragment.
+    fs, path = filesystem("s3a://bucket/lake/t/p=a%3Ab/part #1.parquet", recipe)
+    assert isinstance(fs, pafs.S3FileSystem) and path == "bucket/lake/t/p=a%3Ab/part #1.parquet"
+    assert filesystem("s3://bucket/k", recipe)[1] == "bucket/k"
+    assert is_object_store("s3://b/k") and is_object_store("s3a://b/k")
+    assert not is_object_store("/tmp/x") and not is_object_store("file:///tmp/x")
+    with pytest.raises(ValueError, match="gs://bucket/k"):
+        filesystem("gs://bucket/k", recipe)
+    with pytest.raises(ValueError, match="no bucket"):
+        filesystem("s3:///k", recipe)
+    # Local paths and file: URIs open the same file.
+    pq.write_table(pa.table({"x": [1, 2, 3]}), tmp_path / "t.parquet")
+    for href in (str(tmp_path / "t.parquet"), f"file://{tmp_path}/t.parquet"):
+        assert open_parquet(href).read().column("x").to_pylist() == [1, 2, 3]
+    with pytest.raises(FileNotFoundError, match="missing.parquet"):
+        open_parquet(str(tmp_path / "missing.parquet"))

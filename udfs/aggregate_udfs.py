@@ -4,8 +4,9 @@
 grid for ``change``, with the regions whose bounding boxes touch it; planned on the
 driver) into keyed partial results; :func:`reduce_partials` combines the partials of one
 key after Spark groups them. The workers read the ``tiles`` and ``predictions`` Parquet
-files named in the units themselves (pixels never pass through the JVM), each file once
-per task when units come sorted by file.
+files named in the units themselves (local paths or ``s3://`` hrefs, :mod:`udfs.storage`;
+pixels never pass through the JVM), each file once per task when units come sorted by
+file.
 
 Keys and partials
 -----------------
@@ -23,7 +24,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import rasterio
 
 from udfs.composites import COMPOSITE_BANDS, decode_composite
@@ -37,6 +37,7 @@ from udfs.regions import (
     transition_counts,
     value_statistics,
 )
+from udfs.storage import open_parquet
 from udfs.tiling import decode_array
 
 #: ``tiles`` columns the workers read (pixels + the tile's place in the scene grid).
@@ -66,11 +67,13 @@ class FileRows:
     (``keys``: scene_id, tile_row, tile_col; for composites grid_id, period, tile_row,
     tile_col).
 
-    A file's key columns are read once; a row's other columns are read with its row group
-    only (one tile per group, :data:`udfs.ingest_udfs.TILES_PER_ROW_GROUP`), so a task
-    decodes the tiles its regions touch, not their neighbours in the same file. The last
-    ``keep`` row groups read stay cached, and the key index of the last ``4 * keep``
-    files.
+    Files are local paths or ``s3://`` / ``s3a://`` hrefs, opened through
+    :func:`udfs.storage.open_parquet` with ``store``, the object-store recipe of the
+    driver (endpoint, region; empty for local files). A file's key columns are read
+    once; a row's other columns are read with its row group only (one tile per group,
+    :data:`udfs.ingest_udfs.TILES_PER_ROW_GROUP`), so a task decodes the tiles its regions
+    touch, not their neighbours in the same file. The last ``keep`` row groups read stay
+    cached, and the key index of the last ``4 * keep`` files.
     """
 
     def __init__(
@@ -78,8 +81,10 @@ class FileRows:
         columns: Sequence[str],
         keep: int = 8,
         keys: Sequence[str] = ("scene_id", "tile_row", "tile_col"),
+        store: Mapping[str, str] | None = None,
     ) -> None:
         self.columns = list(columns)
+        self.store = dict(store or {})
         self.keys = tuple(keys)
         self.keep = keep
         self.index: OrderedDict[str, tuple[Any, dict[tuple[Any, ...], tuple[int, int]]]]
@@ -88,7 +93,7 @@ class FileRows:
 
     def _index(self, path: str) -> tuple[Any, dict[tuple[Any, ...], tuple[int, int]]]:
         if path not in self.index:
-            pf = pq.ParquetFile(path)
+            pf = open_parquet(path, self.store)
             t = pf.read(columns=list(self.keys))
             groups = [(rg, i) for rg in range(pf.num_row_groups)
                       for i in range(pf.metadata.row_group(rg).num_rows)]  # fmt: skip
@@ -245,15 +250,17 @@ def make_region_mapper(
     ``ctx_ref`` is a Spark broadcast (``.value``) or the context itself: ``scenes``
     (scene_id -> sensor, scaling, tile_size, crs key, month), ``regions`` (crs key -> list
     of (GeoJSON geometry in that CRS or None for a whole footprint, bounds)), ``indices``,
-    ``masks`` (:class:`udfs.masks.MaskSettings`) and ``n_codes`` (model id -> highest class
-    code + 1).
+    ``masks`` (:class:`udfs.masks.MaskSettings`), ``n_codes`` (model id -> highest class
+    code + 1) and optionally ``store`` (:func:`udfs.storage.store_options`: the settings
+    of an object store holding the files; absent or empty for local files).
     """
 
     def run(units: Iterable[Mapping[str, Any]]) -> Iterator[tuple[tuple, Any]]:
         ctx = ctx_ref.value if hasattr(ctx_ref, "value") else ctx_ref
-        tiles = FileRows(TILE_READ_COLUMNS)
-        preds = FileRows(PRED_READ_COLUMNS)
-        comps = FileRows(COMPOSITE_READ_COLUMNS, keys=COMPOSITE_KEYS)
+        store = ctx.get("store")
+        tiles = FileRows(TILE_READ_COLUMNS, store=store)
+        preds = FileRows(PRED_READ_COLUMNS, store=store)
+        comps = FileRows(COMPOSITE_READ_COLUMNS, keys=COMPOSITE_KEYS, store=store)
         acc: dict[tuple, list[Any]] = {}
         component, whole = None, True
         with rasterio.Env():  # one GDAL environment for every burn of the task
