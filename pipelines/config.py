@@ -114,7 +114,9 @@ class IngestConfig:
     #: block as a Parquet file and the driver commits all files in one transaction, so
     #: pixels never pass through the JVM (bench/ingest_bench.py: the JVM path moves binary
     #: columns at ~140 MB/s here). ``spark``: a MERGE through Spark's writer. ``auto``:
-    #: ``arrow`` for tables on a local or mounted file system, ``spark`` elsewhere.
+    #: ``arrow`` for tables on a local or mounted file system and Delta tables on
+    #: ``s3://`` / ``s3a://`` (delta-rs commits with conditional writes), ``spark`` for
+    #: Parquet tables on an object store.
     writer: str = "auto"
     #: Bands to tile, by common name (``red``, ``nir``), product name (``B04``) or alias;
     #: empty: every band of the sensor. The quality bands (``qa``, ``radsat``) are always

@@ -212,11 +212,16 @@ class Window:
 
 @dataclass
 class Found:
-    """What discovery returned under a window: candidates to work on, products passed."""
+    """What discovery returned under a window: candidates to work on, products passed.
+
+    ``cutoff``: the window's start in words (``acquired before 2024-06-14T10:36:29Z``),
+    what a product :data:`BEFORE` it is older than; empty without a cutoff.
+    """
 
     candidates: list[Any]
     passed: list[Passed] = field(default_factory=list)
     note: str = ""
+    cutoff: str = ""
 
 
 def window_for(
@@ -270,12 +275,17 @@ def decision_line(found: Found) -> str:
 
 
 def account(run: Any, found: Found) -> str:
-    """Count the passed products in ``run`` (``seen`` and ``skipped``); the decision line.
+    """Count the passed products in ``run`` (``seen`` and ``skipped``, as ``runs`` records
+    them); those before the window go to ``run.before_watermark`` too, with the window's
+    start in ``run.watermark`` (for the summary, which names them apart from the scenes
+    already ingested). Returns the decision line.
 
     Call after :func:`pipelines.ingest.split_candidates` (which sets ``run.seen``).
     """
     run.seen += len(found.passed)
     run.skipped.extend(p.scene_id for p in found.passed)
+    run.before_watermark.extend(p.scene_id for p in found.passed if p.why == BEFORE)
+    run.watermark = found.cutoff
     return decision_line(found)
 
 
@@ -283,8 +293,9 @@ def account(run: Any, found: Found) -> str:
 
 
 def table_rows(lake: Any, name: str, columns: list[str]) -> list[dict[str, Any]]:
-    """Some columns of a table as dicts: delta-rs for local tables, Spark otherwise."""
-    if lake.local:
+    """Some columns of a table as dicts: delta-rs where it reads them (local roots, Delta
+    on S3), Spark otherwise."""
+    if lake.arrow_io:
         try:  # delta-rs: milliseconds
             return lake.read_arrow(name, columns).to_pylist()
         except ValueError:  # reader features delta-rs lacks: Spark below
@@ -306,4 +317,8 @@ def discover_new(lake: Any, config: Any) -> Found:
         scenes = table_rows(lake, "scenes", ["scene_id", "acquired", "run_id", "tiling_digest"])
         window, note = window_for(config, runs, scenes)
     candidates, passed = discover_window(ing.source, ing.allowed_roots, window)
-    return Found(candidates, passed, note)
+    cutoff = ""
+    if window is not None and window.cutoff is not None:
+        verb = "acquired" if window.by == "acquired" else "arrived"
+        cutoff = f"{verb} before {window.cutoff.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    return Found(candidates, passed, note, cutoff)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -40,10 +39,12 @@ from udfs.ingest_udfs import (
     make_tile_file_writer,
     make_tile_reader,
 )
-from udfs.reader import SceneSource
+from udfs.reader import SceneSource, is_url
 from udfs.tiling import ReadBlock, plan_read_blocks, tile_grid_shape
 
 JOB = "ingest"
+#: Local scenes inspected on the driver rather than in a Spark job (:func:`inspect_scenes`).
+DRIVER_INSPECT_MAX = 32
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -108,15 +109,18 @@ def inspect_scenes(
 ) -> list[dict[str, Any]]:
     """Open headers and metadata; return scene records, reject the rest.
 
-    Up to one scene per core is inspected on the driver: a Spark job costs about 0.5 s
-    here, far more than reading a few headers (bench/ingest_bench.py). More scenes are
-    inspected on the executors, in parallel.
+    Local scenes, up to :data:`DRIVER_INSPECT_MAX` of them (or one per core), are
+    inspected on the driver: reading a scene's headers costs 0.03-0.05 s there, a Spark
+    job for it 1.5 s warm and 5.3 s the first time in a session (four 5490 px scenes,
+    bench/ndvi_e2e_bench.py, issue 12). More scenes, and scenes on an object store (each
+    header a request), are inspected on the executors, in parallel.
     """
     if not sources:
         return []
     texts = [s.to_json() for s in sources]
     cores = spark.sparkContext.defaultParallelism
-    if len(sources) <= cores:
+    local = not any(s.gdal_env or any(is_url(h) for h in s.bands.values()) for s in sources)
+    if len(sources) <= cores or (local and len(sources) <= DRIVER_INSPECT_MAX):
         records = inspect_records(texts)
     else:
         df = spark.createDataFrame([(t,) for t in texts], "source string")
@@ -192,14 +196,31 @@ def tiles_frame(blocks: DataFrame, config: Config, errors: Any) -> DataFrame:
 
 
 def use_arrow_writer(config: Config, lake: Lakehouse) -> bool:
-    """Whether tiles are written by the executors' Python workers (see IngestConfig.writer)."""
+    """Whether tiles are written by the executors' Python workers (see IngestConfig.writer):
+    ``arrow``, or ``auto`` where the driver commits with delta-rs (:attr:`Lakehouse.arrow_io`:
+    local roots, Delta tables on S3, whose commits are then conditional writes, safe for
+    concurrent runs). Raises :class:`ConfigError` for ``arrow`` where it cannot work."""
     writer = config.ingest.writer
-    return writer == "arrow" or (writer == "auto" and lake.local)
+    if writer == "spark":
+        return False
+    if writer == "arrow" and not lake.arrow_io:
+        raise ConfigError(
+            f"ingest.writer=arrow writes local tables or Delta tables on s3://, not "
+            f"{lake.format} tables under {lake.root}: use ingest.writer=spark (or auto)"
+        )
+    return lake.arrow_io
 
 
-def tile_file_writer(config: Config, table_path: str, report_error: Any, owner: str = "") -> Any:
+def tile_file_writer(
+    config: Config,
+    table_path: str,
+    report_error: Any,
+    owner: str = "",
+    store: dict[str, str] | None = None,
+) -> Any:
     """The executors' tile writer (:func:`udfs.ingest_udfs.make_tile_file_writer`) for
-    ``config``, writing under ``table_path`` files named after run ``owner``."""
+    ``config``, writing under ``table_path`` (local path or ``s3://`` URI, with the
+    object-store recipe ``store``) files named after run ``owner``."""
     ing = config.ingest
     return make_tile_file_writer(
         table_path,
@@ -211,6 +232,7 @@ def tile_file_writer(config: Config, table_path: str, report_error: Any, owner: 
         config.storage.zstd_level,
         report_error,
         owner,
+        store,
     )
 
 
@@ -224,7 +246,7 @@ def write_tile_files(
 ) -> list[dict[str, Any]]:
     """Executors read blocks and write one Parquet file each (named after run ``owner``,
     uncommitted); returns the file records."""
-    writer = tile_file_writer(config, lake.local_path("tiles"), errors.add, owner)
+    writer = tile_file_writer(config, lake.files_href("tiles"), errors.add, owner, lake.store)
     lake.ensure(TABLES["tiles"])  # before executors write into its folder
     # A plain RDD job: nothing but small file records comes back, and a DataFrame job
     # (rows to the JVM and back, Arrow) costs ~0.3 s more here (bench/ingest_bench.py).
@@ -262,7 +284,7 @@ def scene_rows(run: Run, infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def existing_tilings(lake: Lakehouse) -> dict[str, str]:
     """scene_id -> tiling digest of every scene already in ``scenes``."""
-    if lake.local:
+    if lake.arrow_io:
         try:  # delta-rs: milliseconds; a Spark query costs seconds here
             t = lake.read_arrow("scenes", ["scene_id", "tiling_digest"]).to_pylist()
             return {r["scene_id"]: r["tiling_digest"] for r in t}
@@ -282,7 +304,7 @@ def tiled_bands(lake: Lakehouse, scene_ids: list[str]) -> dict[str, list[str]]:
     """
     if not scene_ids:
         return {}
-    if lake.local:
+    if lake.arrow_io:
         import pyarrow.dataset as ds
 
         try:  # delta-rs: milliseconds; a Spark query costs seconds here
@@ -328,10 +350,10 @@ def invalidate_downstream(lake: Lakehouse, scene_ids: list[str]) -> None:
 
 
 def _holds(lake: Lakehouse, name: str, scene_ids: list[str]) -> bool:
-    """Whether table ``name`` holds a row of these scenes (delta-rs for local tables)."""
+    """Whether table ``name`` holds a row of these scenes (delta-rs where it reads them)."""
     import pyarrow.dataset as ds
 
-    if not lake.local:
+    if not lake.arrow_io:
         return lake.exists(name)
     try:
         t = lake.read_arrow(name, ["scene_id"], ds.field("scene_id").isin(scene_ids))
@@ -503,9 +525,10 @@ def ingest(spark: SparkSession, lake: Lakehouse, run: Run) -> Run:
         # A scene with an unreadable block is rejected whole: what was written of it goes.
         failed = set(reject_unreadable(run, errors))
         mine = [f for f in files if f["scene_id"] not in failed]
-        for f in files:
-            if f["scene_id"] in failed or (config.ingest.strict and failed):
-                os.remove(f"{lake.local_path('tiles')}/{f['path']}")
+        lake.remove_files(
+            "tiles",
+            [f for f in files if f["scene_id"] in failed or (config.ingest.strict and failed)],
+        )
         check_strict(run)  # before any commit: nothing of this run is in a table
         with phase("commit tiles and scenes"):
             good = [i for i in infos if i["scene_id"] not in failed]
@@ -548,11 +571,23 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.profile, [*overrides, *args.set])
 
 
+def _some(ids: list[str]) -> str:
+    more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+    return ", ".join(ids[:3]) + more
+
+
 def summary(run: Run, lake: Lakehouse) -> str:
+    # Skipped inputs are of two kinds: in ``scenes`` already, or left unread as older than
+    # the incremental window (whether they were ever ingested is not known); ``runs``
+    # counts both as skipped.
+    before = set(run.before_watermark)
+    present = [s for s in run.skipped if s not in before]
+    older = [s for s in run.skipped if s in before]
     lines = [
         f"ingest run {run.run_id}: {run.seen} input(s) seen, {len(run.ingested)} ingested, "
-        f"{len(run.skipped)} already present, {len(run.rejected)} rejected, "
-        f"{run.tiles_written} tiles written",
+        f"{len(present)} already present, "
+        + (f"{len(older)} before the watermark, " if older else "")
+        + f"{len(run.rejected)} rejected, {run.tiles_written} tiles written",
         f"tables ({run.config.storage.format}) under {lake.root}:",
     ]
     if run.seen == 0:
@@ -561,10 +596,12 @@ def summary(run: Run, lake: Lakehouse) -> str:
             f"  no scene found in {absolute_sources(run.source)}: give --source a folder of "
             "products (Sentinel-2 SAFE or COG folders, Landsat folders) or a STAC JSON file",
         )
-    elif run.skipped:
-        more = f" and {len(run.skipped) - 3} more" if len(run.skipped) > 3 else ""
-        some = ", ".join(run.skipped[:3])
-        lines.insert(1, f"  skipped (already ingested with the same tiling): {some}{more}")
+    else:
+        if older:
+            when = f" ({run.watermark})" if run.watermark else ""
+            lines.insert(1, f"  not read (before the watermark{when}): {_some(older)}")
+        if present:
+            lines.insert(1, f"  skipped (already ingested with the same tiling): {_some(present)}")
     lines[1:1] = done_by_lines(run, "ingested")
     for name in ("scenes", "tiles", "rejected", "runs"):
         # Counts from the Delta log's file statistics: no scan, no Spark job.

@@ -9,22 +9,42 @@ Several runs may write the same tables at the same time (two ingests of overlapp
 folders; a classify whose features stage meets another's). No lock is taken: every write
 is an optimistic Delta commit, decided against the table version it lands on.
 
-* Local Delta tables, written with delta-rs (:meth:`Lakehouse.commit_files`,
-  :meth:`Lakehouse.append_arrow`): the rows already there are read from the snapshot, per
-  group of :attr:`pipelines.datamodel.Table.group` (a scene) or per key, and the commit is
-  made at exactly the next version (``max_commit_retries=0``). When another writer
-  committed first, delta-rs refuses it and the decision is taken again on the new
-  snapshot, after a random, growing backoff. A group (key) is thus written once: the
-  loser finds it there and leaves it (or, when its caller's ``decide`` says so, replaces
-  it in the same commit: rebuilt scenes, the final ``runs`` row).
-* Spark writes (object stores, ``ingest.writer=spark``): ``merge`` is a Delta MERGE (insert if
-  absent); a concurrent writer of the same files makes Delta raise a concurrent
+* Delta tables on a local file system or on S3 (``s3://``, ``s3a://``), written with delta-rs
+  (:meth:`Lakehouse.commit_files`, :meth:`Lakehouse.append_arrow`): the rows already there are read
+  from the snapshot, per group of :attr:`pipelines.datamodel.Table.group` (a scene) or per key, and
+  the commit is made at exactly the next version (``max_commit_retries=0``). When another writer
+  committed first, delta-rs refuses it and the decision is taken again on the new snapshot, after a
+  random, growing backoff. A group (key) is thus written once: the loser finds it there and leaves
+  it (or, when its caller's ``decide`` says so, replaces it in the same commit: rebuilt scenes, the
+  final ``runs`` row).
+* Spark writes (the analysis tables, ``ingest.writer=spark``): ``merge`` is a Delta MERGE
+  (insert if absent); a concurrent writer of the same files makes Delta raise a concurrent
   modification error, and the MERGE is run again on the new snapshot.
 * Files this run wrote are named ``part-run<run_id>-<uuid>``: a reader of the snapshot
   knows which run wrote a group (:func:`file_owner`) and whether it still runs.
 
 Parquet tables have no transaction log: concurrent runs over the same Parquet root are
 not supported.
+
+Commits on S3
+-------------
+A Delta commit is the creation of ``_delta_log/<version>.json``; it is safe against a
+concurrent writer only when that creation fails if the object exists.
+
+* delta-rs (every write above through :meth:`Lakehouse._commit`, and :meth:`ensure`)
+  commits on S3 with a conditional PUT (``If-None-Match: *``): the store refuses the
+  second writer of a version with HTTP 412, delta-rs raises ``CommitFailedError`` and the
+  decision is taken again. This is delta-rs's default when no locking provider is set
+  (no option needed; AWS S3 since 2024, MinIO, moto's server). A store without
+  conditional writes needs delta-rs's DynamoDB lock instead (``AWS_S3_LOCKING_PROVIDER=
+  dynamodb``, ``DELTA_DYNAMO_TABLE_NAME``, in the environment).
+* Spark (Delta's ``S3SingleDriverLogStore``) does not use conditional writes: two drivers
+  committing the same version of a table on S3 can overwrite each other's commit. Spark
+  writes on S3 are safe from one driver at a time only, unless the session uses
+  ``io.delta.storage.S3DynamoDBLogStore`` (README, "Object storage").
+* The options delta-rs gets come from the environment only
+  (:func:`pipelines.object_store.storage_options`: endpoint, ``AWS_ALLOW_HTTP``, region);
+  credentials are never copied: delta-rs and the AWS SDK read them themselves.
 """
 
 from __future__ import annotations
@@ -195,13 +215,14 @@ class Lakehouse:
         Raises
         ------
         ValueError
-            For tables on an object store, or a Delta table whose reader features delta-rs
-            does not read (e.g. deletion vectors): use :meth:`read` there.
+            For tables that are not :attr:`arrow_io` (Parquet on an object store), or a
+            Delta table whose reader features delta-rs does not read (e.g. deletion
+            vectors): use :meth:`read` there.
         """
         from pyspark.sql.pandas.types import to_arrow_schema
 
-        if not self.local:
-            raise ValueError(f"read_arrow reads local tables, not {self.root}")
+        if not self.arrow_io:
+            raise ValueError(f"read_arrow reads local tables and Delta on S3, not {self.root}")
         path = self.local_path(name)
         schema = to_arrow_schema(TABLES[name].schema)
         cols = list(columns)
@@ -212,12 +233,13 @@ class Lakehouse:
             import deltalake
 
             try:
-                dt = deltalake.DeltaTable(path)
+                dt = self.delta_table(name)
             except deltalake.exceptions.TableNotFoundError:
                 return empty
             if dt.protocol().reader_features:
                 raise ValueError(f"{path}: reader features {dt.protocol().reader_features}")
-            dataset = _delta_dataset(dt, path, schema, TABLES[name].partition_by)
+            fs, base = self._fs(name)
+            dataset = _delta_dataset(dt, base, schema, TABLES[name].partition_by, fs)
         else:
             if not os.path.exists(f"{path}/_SUCCESS"):
                 return empty
@@ -229,7 +251,7 @@ class Lakehouse:
         parts = []
         for frag in dataset.get_fragments(filter=where):
             t = frag.to_table(columns=cols, filter=where, schema=dataset.schema)
-            full = frag.path if os.path.isabs(frag.path) else os.path.join(path, frag.path)
+            full = frag.path if self.local else f"{self.path(name).split('://')[0]}://{frag.path}"
             parts.append(t.append_column("file", pa.array([full] * t.num_rows, pa.string())))
         return pa.concat_tables(parts).cast(empty.schema) if parts else empty
 
@@ -238,27 +260,28 @@ class Lakehouse:
         table lacks (Delta, once per table and process; no-op for Parquet)."""
         if self.format != "delta" or table.name in self._ensured:
             return
-        if self.local:
-            # delta-rs writes the same first commit in ~0.05 s, no Spark job (~0.3 s).
+        if self.arrow_io:
+            # delta-rs writes the same first commit in ~0.05 s, no Spark job (~0.3 s); on
+            # S3 with a conditional PUT, safe against a concurrent creator (module doc).
             import deltalake
             from pyspark.sql.pandas.types import to_arrow_schema
 
-            path = self.local_path(table.name)
+            path, opts = self._delta_uri(table.name), self._delta_options()
             schema = to_arrow_schema(table.schema)
             try:
                 deltalake.DeltaTable.create(
                     path, schema=schema, partition_by=list(table.partition_by) or None,
-                    mode="ignore",
+                    mode="ignore", storage_options=opts,
                 )  # fmt: skip
             except deltalake.exceptions.DeltaError:
                 # Another run created it at the same moment (both wrote version 0).
-                if not deltalake.DeltaTable.is_deltatable(path):
+                if not deltalake.DeltaTable.is_deltatable(path, storage_options=opts):
                     raise
-            have = set(deltalake.DeltaTable(path).schema().to_arrow().names)
+            have = set(self.delta_table(table.name).schema().to_arrow().names)
             missing = [f for f in schema if f.name not in have]
             if missing:  # a table of an older data model: new (nullable) columns
                 try:
-                    deltalake.DeltaTable(path).alter.add_columns(
+                    self.delta_table(table.name).alter.add_columns(
                         [deltalake.Field.from_arrow(f.with_nullable(True)) for f in missing]
                     )
                 except deltalake.exceptions.DeltaError:
@@ -358,6 +381,56 @@ class Lakehouse:
     def local_path(self, name: str) -> str:
         return self.path(name).removeprefix("file://").removeprefix("file:")
 
+    @property
+    def arrow_io(self) -> bool:
+        """Whether the driver reads and commits the tables itself (pyarrow + delta-rs,
+        :meth:`read_arrow`, :meth:`commit_files`, :meth:`append_arrow`): local roots, and
+        Delta tables on ``s3://`` / ``s3a://``."""
+        from udfs.storage import is_object_store
+
+        return self.local or (self.format == "delta" and is_object_store(self.root))
+
+    def files_href(self, name: str) -> str:
+        """Where table ``name``'s files are written: a local path, or the ``s3://`` /
+        ``s3a://`` URI (:func:`udfs.storage.filesystem` opens either)."""
+        return self.local_path(name) if self.local else self.path(name)
+
+    @property
+    def store(self) -> dict[str, str]:
+        """The object-store recipe of the root (endpoint, TLS, region; no credentials),
+        for executors that write table files (:func:`udfs.storage.store_options`)."""
+        from udfs.storage import store_options
+
+        return store_options(self.root)
+
+    def delta_table(self, name: str) -> Any:
+        """``deltalake.DeltaTable`` of table ``name`` (local or S3; raises
+        ``TableNotFoundError`` when it does not exist yet)."""
+        import deltalake
+
+        return deltalake.DeltaTable(self._delta_uri(name), storage_options=self._delta_options())
+
+    def _delta_uri(self, name: str) -> str:
+        if self.local:
+            return self.local_path(name)
+        from pipelines.object_store import delta_uri
+
+        return str(delta_uri(self.path(name)))
+
+    def _delta_options(self) -> dict[str, str] | None:
+        if self.local:
+            return None
+        from pipelines.object_store import storage_options
+
+        return dict(storage_options())
+
+    def _fs(self, name: str) -> tuple[Any, str]:
+        """pyarrow file system of table ``name``'s files and the table's path in it."""
+        from udfs.storage import filesystem
+
+        fs, base = filesystem(self.files_href(name), self.store)
+        return fs, base
+
     def commit_files(
         self,
         name: str,
@@ -368,14 +441,14 @@ class Lakehouse:
         """Make Parquet files that executors wrote into table ``name`` part of it, atomically,
         arbitrated per group against the snapshot the commit lands on.
 
-        ``files`` are records of :data:`udfs.ingest_udfs.FILE_SCHEMA` (paths relative to
-        the table), each holding rows of one group of ``TABLES[name].group`` (a scene; a
-        model's scene). Delta: one transaction adds them, decided against the table version
-        it is committed on top of (:meth:`_commit`): ``decide`` says, per group, whether
-        this run writes it, replacing the rows the table holds of it, or leaves it to the
-        run that holds it. Without ``decide``, a group already in the table is left
-        (insert if absent). Files of groups left are deleted. Parquet: the files are already
-        in place, ``_SUCCESS`` marks the table as readable (no arbitration).
+        ``files`` are records of :data:`udfs.ingest_udfs.FILE_SCHEMA` (paths relative to the table,
+        local or on S3), each holding rows of one group of ``TABLES[name].group`` (a scene; a
+        model's scene). Delta: one transaction adds them, decided against the table version it is
+        committed on top of (:meth:`_commit`): ``decide`` says, per group, whether this run writes
+        it, replacing the rows the table holds of it, or leaves it to the run that holds it. Without
+        ``decide``, a group already in the table is left (insert if absent). Files of groups left
+        are deleted. Parquet: the files are already in place, ``_SUCCESS`` marks the table as
+        readable (no arbitration).
 
         Returns
         -------
@@ -399,9 +472,9 @@ class Lakehouse:
         try:
             done = self._commit(name, list(by_group), actions, owner, decide or keep_held)
         except BaseException:
-            self._remove_files(name, files)  # never committed: nobody will read them
+            self.remove_files(name, files)  # never committed: nobody will read them
             raise
-        self._remove_files(name, [f for g in done.left for f in by_group[g]])
+        self.remove_files(name, [f for g in done.left for f in by_group[g]])
         return done
 
     def append_arrow(
@@ -412,8 +485,8 @@ class Lakehouse:
         owner: str = "",
         decide: Decide | None = None,
     ) -> Committed:
-        """Append an Arrow table to an unpartitioned local table; no Spark job, which for a
-        few rows costs more than the write.
+        """Append an Arrow table to an unpartitioned table (local, or Delta on S3); no Spark
+        job, which for a few rows costs more than the write.
 
         Without ``decide``, rows whose key is already in the table version the commit lands
         on are dropped (a MERGE's insert-if-absent): concurrent runs never duplicate a key.
@@ -424,29 +497,32 @@ class Lakehouse:
         from udfs.ingest_udfs import write_table_file
 
         spec = TABLES[name]
-        if not self.local or spec.partition_by:
-            raise ValueError(f"append_arrow writes unpartitioned local tables, not {name}")
+        if not self.arrow_io or spec.partition_by:
+            raise ValueError(
+                f"append_arrow writes unpartitioned local or S3 Delta tables, not {name}"
+            )
         if table.num_rows == 0:
             return Committed([], {})
         self.ensure(spec)
-        os.makedirs(self.local_path(name), exist_ok=True)
+        href, store = self.files_href(name), self.store
+        if self.local:
+            os.makedirs(href, exist_ok=True)
         if self.format != "delta":  # no log to decide against: the caller's keys are new
-            record = write_table_file(self.local_path(name), table, {}, spec.key, zstd_level,
-                                      owner=owner)  # fmt: skip
+            record = write_table_file(href, table, {}, spec.key, zstd_level, owner=owner)
             return self.commit_files(name, [record], owner)
         cols = list(spec.group) if decide is not None else list(spec.key)
         rows = [tuple(r[c] for c in cols) for r in table.select(cols).to_pylist()]
         written: list[dict] = []
 
         def actions(groups: list[tuple]) -> list[Any]:
-            self._remove_files(name, written)
+            self.remove_files(name, written)
             written.clear()
             keep = set(groups)
             part = table.filter(pa.array([r in keep for r in rows], pa.bool_()))
             if not part.num_rows:
                 return []
-            written.append(write_table_file(self.local_path(name), part, {}, spec.key,
-                                            zstd_level, owner=owner))  # fmt: skip
+            written.append(write_table_file(href, part, {}, spec.key, zstd_level, owner=owner,
+                                            store=store))  # fmt: skip
             return [_add_action(written[0])]
 
         try:
@@ -454,7 +530,7 @@ class Lakehouse:
                 return self._commit(name, sorted(set(rows)), actions, owner, decide)
             return self._commit(name, sorted(set(rows)), actions, owner, keep_held, by_key=True)
         except BaseException:
-            self._remove_files(name, written)
+            self.remove_files(name, written)
             raise
 
     def _commit(
@@ -482,7 +558,7 @@ class Lakehouse:
 
         spec = TABLES[name]
         self.ensure(spec)
-        path = self.local_path(name)
+        path = self._delta_uri(name)
         cols = spec.key if by_key else spec.group
         # The app transaction identifies this run's n-th commit to the table; a commit
         # without an owner (no run) carries none.
@@ -490,7 +566,7 @@ class Lakehouse:
         txn = self._txn_versions.get(app_id, 0) + 1
         txns = [deltalake.Transaction(app_id, txn)] if owner else None
         for attempt in range(COMMIT_ATTEMPTS):
-            dt = deltalake.DeltaTable(path)
+            dt = self.delta_table(name)
             entries = self._entries(dt)
             found = self._held(entries, name, cols, groups)
             held = {g: found.get(g, Held((), ())) for g in groups}
@@ -528,13 +604,15 @@ class Lakehouse:
                     commit_properties=props,
                 )
             except deltalake.exceptions.CommitFailedError:
-                self._remove_files(name, rewritten)
+                # Another writer created this version first (on S3: HTTP 412 to the
+                # conditional PUT of the commit file).
+                self.remove_files(name, rewritten)
                 time.sleep(min(BACKOFF_MAX_S, BACKOFF_S * 2**attempt) * random.uniform(0.5, 1.5))
                 continue
             except deltalake.exceptions.DeltaError:
                 # An error after the commit was written (a post-commit hook: checkpoint, log
                 # cleanup) must not fail the run: the app transaction tells.
-                if not owner or (deltalake.DeltaTable(path).transaction_version(app_id) or 0) < txn:
+                if not owner or (self.delta_table(name).transaction_version(app_id) or 0) < txn:
                     raise
             self._txn_versions[app_id] = txn
             log.debug("%s: %s committed %d group(s), left %d", name, owner, len(written), len(left))
@@ -571,6 +649,7 @@ class Lakehouse:
         if not groups:
             return {}
         spec = TABLES[name]
+        fs, base = self._fs(name)
         first = {g[0] for g in groups}
         lo, hi = min(first), max(first)
         wanted = set(groups)
@@ -584,7 +663,7 @@ class Lakehouse:
             elif st.get(f"min.{c0}") is not None and (st[f"max.{c0}"] < lo or st[f"min.{c0}"] > hi):
                 continue
             data_cols = [c for c in cols if c not in spec.partition_by]
-            t = pq.read_table(self._abs(name, rel), columns=data_cols)
+            t = pq.read_table(_join(base, rel), columns=data_cols, filesystem=fs)
             n = t.num_rows
             values = []
             for c in cols:
@@ -609,7 +688,8 @@ class Lakehouse:
         from udfs.ingest_udfs import write_table_file
 
         spec = TABLES[name]
-        t = pq.read_table(self._abs(name, entry["path"]))
+        fs, base = self._fs(name)
+        t = pq.read_table(_join(base, entry["path"]), filesystem=fs)
         data_cols = [c for c in cols if c not in spec.partition_by]
         parts = entry["partition_values"]
         consts = {c: _typed(spec, c, parts.get(c)) for c in cols if c in spec.partition_by}
@@ -621,19 +701,18 @@ class Lakehouse:
             return None
         rest = t.filter(pa.array(keep, pa.bool_()))
         keys = [k for k in spec.key if k in rest.column_names]
-        return write_table_file(self.local_path(name), rest, parts, keys, 1,
-                                owner=file_owner(entry["path"]))  # fmt: skip
+        return write_table_file(self.files_href(name), rest, parts, keys, 1,
+                                owner=file_owner(entry["path"]), store=self.store)  # fmt: skip
 
-    def _abs(self, name: str, rel: str) -> str:
-        from urllib.parse import unquote
-
-        return os.path.join(self.local_path(name), unquote(rel))
-
-    def _remove_files(self, name: str, files: list[dict]) -> None:
-        """Delete files this run wrote and did not commit (nobody else can refer to them)."""
+    def remove_files(self, name: str, files: list[dict]) -> None:
+        """Delete files this run wrote and did not commit (nobody else can refer to them);
+        ``files``: :data:`udfs.ingest_udfs.FILE_SCHEMA` records, paths as in the log."""
+        if not files:
+            return
+        fs, base = self._fs(name)
         for f in files:
             try:
-                os.remove(self._abs(name, f["path"]))
+                fs.delete_file(_join(base, f["path"]))
             except FileNotFoundError:
                 pass
 
@@ -688,20 +767,29 @@ def retry_concurrent(action: Callable[[], Any], what: str) -> Any:
     )
 
 
-def _delta_dataset(dt: Any, path: str, schema: pa.Schema, partition_by: Sequence[str]) -> Any:
-    """A pyarrow dataset of a Delta snapshot's files on the local file system.
+def _join(base: str, rel: str) -> str:
+    """A file of a table: its path in the log (relative, percent-escaped) under ``base``
+    (the table's path in its pyarrow file system)."""
+    from urllib.parse import unquote
+
+    return f"{base}/{unquote(rel)}"
+
+
+def _delta_dataset(
+    dt: Any, path: str, schema: pa.Schema, partition_by: Sequence[str], fs: Any = None
+) -> Any:
+    """A pyarrow dataset of a Delta snapshot's files under ``path`` in ``fs`` (default:
+    the local file system; a ``pyarrow.fs.S3FileSystem`` and ``bucket/key`` on S3).
 
     The files and partition values come from delta-rs's snapshot (the log, not a folder
     listing); the scan is pyarrow's own. (``DeltaTable.to_pyarrow_dataset`` scans through
     delta-rs's file system handler, whose threads abort the interpreter at exit.)
     """
-    from urllib.parse import unquote
-
     import pyarrow.compute as pc
     import pyarrow.fs as pafs
 
     acts = pa.table(dt.get_add_actions(flatten=True))
-    paths = [os.path.join(path, unquote(p)) for p in acts.column("path").to_pylist()]
+    paths = [_join(path, p) for p in acts.column("path").to_pylist()]
     parts = []
     for i in range(acts.num_rows):
         expr = pc.scalar(True)
@@ -715,5 +803,5 @@ def _delta_dataset(dt: Any, path: str, schema: pa.Schema, partition_by: Sequence
         parts.append(expr)
     return ds.FileSystemDataset.from_paths(
         paths, schema=schema, format=ds.ParquetFileFormat(),
-        filesystem=pafs.LocalFileSystem(), partitions=parts,
+        filesystem=fs or pafs.LocalFileSystem(), partitions=parts,
     )  # fmt: skip

@@ -241,29 +241,39 @@ def _arrow(lake: Lakehouse, name: str, columns: list[str], where: object = None)
 
 
 def ingest_settled(run: Run, lake: Lakehouse) -> bool:
-    """True when every scene of the source is already ingested with this tiling and no
-    input would be rejected; fills ``run.seen`` and ``run.skipped`` then.
+    """True when every scene the run would examine is already ingested with this tiling
+    and no input would be rejected; fills ``run.seen`` and ``run.skipped`` then, as the
+    full ingest would (and prints its incremental decision line).
 
-    Discovery lists folders and parses catalogues (no raster is opened); ``scenes`` is read
-    for two columns. Anything else (new, re-tiled, duplicated or bad inputs) is left to the
-    full ingest.
+    Discovery is the run's own (:func:`pipelines.incremental.discover_new`): with
+    ``ingest.since`` set, products before the window or already in ``scenes`` are passed
+    from their listing, unread, so a daily run's check costs the day's new products, not
+    the archive. Discovery lists folders and parses catalogues (no raster is opened);
+    ``scenes`` is read for two columns. Anything else (new, re-tiled, duplicated or bad
+    inputs) is left to the full ingest.
     """
-    from pipelines.discover import discover
+    from pipelines import incremental
 
-    found = discover(run.config.ingest.source, run.config.ingest.allowed_roots)
-    if any(isinstance(c, SceneError) for c in found):
+    found = incremental.discover_new(lake, run.config)
+    if any(isinstance(c, SceneError) for c in found.candidates):
         return False
-    ids = [str(c.scene_id) for c in found]
+    ids = [str(c.scene_id) for c in found.candidates]
     if len(set(ids)) != len(ids):
         return False
-    scenes = _arrow(lake, "scenes", ["scene_id", "tiling_digest"])
-    if scenes is None:
-        return False
-    existing = dict(zip(*(scenes.column(c).to_pylist() for c in scenes.column_names), strict=True))
-    digest = run.config.ingest.tiling_digest()
-    if any(existing.get(i) != digest for i in ids):
-        return False
+    if ids:
+        scenes = _arrow(
+            lake, "scenes", ["scene_id", "tiling_digest"], ds.field("scene_id").isin(ids)
+        )
+        if scenes is None:
+            return False
+        cols = (scenes.column(c).to_pylist() for c in scenes.column_names)
+        existing = dict(zip(*cols, strict=True))
+        digest = run.config.ingest.tiling_digest()
+        if any(existing.get(i) != digest for i in ids):
+            return False
     run.seen, run.skipped = len(ids), sorted(ids)
+    if line := incremental.account(run, found):
+        print(line, flush=True)
     return True
 
 

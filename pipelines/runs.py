@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import DataFrame, SparkSession
 
+from pipelines.accumulators import ListParam  # noqa: F401  (re-exported)
 from pipelines.config import Config
 from pipelines.datamodel import REJECTED, RUNS
 from pipelines.lakehouse import Lakehouse, replace_held
@@ -43,16 +43,6 @@ def phase(name: str) -> Iterator[None]:
     log.info("%s took %.2f s", name, time.perf_counter() - t0)
 
 
-class ListParam(AccumulatorParam):
-    """Accumulator of lists: executors report unreadable blocks to the driver."""
-
-    def zero(self, value: list) -> list:
-        return []
-
-    def addInPlace(self, a: list, b: list) -> list:  # noqa: N802  (pyspark's name)
-        return a + b
-
-
 @dataclass
 class Run:
     """One job run: its id, config and what happened to every input."""
@@ -69,6 +59,10 @@ class Run:
     tiles_written: int = 0
     #: inputs another run wrote first (concurrent runs) -> that run's id
     done_by: dict[str, str] = field(default_factory=dict)
+    #: inputs of ``skipped`` left unread as older than the incremental window
+    #: (``ingest.since``), and the window's start in words (:mod:`pipelines.incremental`)
+    before_watermark: list[str] = field(default_factory=list)
+    watermark: str = ""
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
 
@@ -134,7 +128,7 @@ def start_run(spark: SparkSession | None, lake: Lakehouse, run: Run) -> None:
     if lake.format != "delta":
         return
     mark_killed(spark, lake)
-    if lake.local:
+    if lake.arrow_io:  # delta-rs: on S3 a conditional PUT, safe for concurrent runs
         append_run_row(lake, run, "running")
     else:
         assert spark is not None
@@ -145,14 +139,15 @@ def record_run(spark: SparkSession, lake: Lakehouse, run: Run, status: str) -> N
     """Append the run's rejected inputs; replace its ``runs`` row with the final one
     (also when the run failed).
 
-    Local Delta tables: the ``runs`` row is written with delta-rs (:func:`append_run_row`);
-    a Spark append of one row costs a Spark job (~1-3 s on a fresh session) per run and
-    stage. Rejected rows go through Spark: their key columns (``href``, ``scene_id``) may be
+    Delta tables on a local root or S3: the ``runs`` row is written with delta-rs
+    (:func:`append_run_row`; on S3 its commit is a conditional PUT, which Spark's single-driver log
+    store is not); a Spark append of one row costs a Spark job (~1-3 s on a fresh session) per run
+    and stage. Rejected rows go through Spark: their key columns (``href``, ``scene_id``) may be
     null, which the Arrow writer's file statistics do not handle.
     """
     if run.rejected:
         lake.append("rejected", rejected_frame(spark, run))
-    if lake.local and lake.format == "delta":
+    if lake.arrow_io and lake.format == "delta":
         append_run_row(lake, run, status)
         return
     lake.upsert("runs", runs_frame(spark, run, status))
@@ -169,7 +164,7 @@ def record_run_arrow(lake: Lakehouse, run: Run, status: str) -> None:
 
 
 def append_run_row(lake: Lakehouse, run: Run, status: str) -> None:
-    """Write the ``runs`` row of ``run`` to a local Delta table with delta-rs, replacing
+    """Write the ``runs`` row of ``run`` to a Delta table (local or S3) with delta-rs, replacing
     the run's earlier row (``running``) in the same commit."""
     import pyarrow as pa
     from pyspark.sql.pandas.types import to_arrow_schema
@@ -220,7 +215,7 @@ def run_alive(row: dict[str, Any]) -> bool:
 
 def running_rows(spark: SparkSession | None, lake: Lakehouse) -> list[dict[str, Any]]:
     """The ``runs`` rows with status ``running``."""
-    if lake.local and lake.format == "delta":
+    if lake.arrow_io and lake.format == "delta":
         import pyarrow.dataset as ds
 
         t = lake.read_arrow("runs", RUNS.fieldNames(), ds.field("status") == "running")
@@ -254,7 +249,7 @@ def mark_killed(spark: SparkSession | None, lake: Lakehouse) -> list[str]:
         log.warning(
             "run %s (%s, pid %s on %s) was killed", r["run_id"], r["job"], r["pid"], r["host"]
         )
-    if lake.local and lake.format == "delta":
+    if lake.arrow_io and lake.format == "delta":
         import pyarrow as pa
         from pyspark.sql.pandas.types import to_arrow_schema
 

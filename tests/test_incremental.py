@@ -21,6 +21,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -198,18 +199,25 @@ def test_a_product_is_passed_only_when_certainly_older_than_the_cutoff():
     assert a.why_not_read("X", None, t("2024-06-30T00:00:00")) == BEFORE
 
 
+def counts(seen: int = 0, skipped: list[str] | None = None) -> SimpleNamespace:
+    """The accounting fields of a :class:`pipelines.runs.Run`."""
+    return SimpleNamespace(seen=seen, skipped=skipped or [], before_watermark=[], watermark="")
+
+
 def test_passed_products_are_counted_as_seen_and_skipped_and_said():
-    r = SimpleNamespace(seen=2, skipped=["S0"])
+    r = counts(2, ["S0"])
     passed = [Passed("A", "/a", BEFORE), Passed("B", "/b", BEFORE), Passed("C", "/c", KNOWN)]
-    line = account(r, Found([], passed, "watermark by acquisition time ..."))
+    cutoff = "acquired before 2024-06-14T10:36:29Z"
+    line = account(r, Found([], passed, "watermark by acquisition time ...", cutoff))
     assert (r.seen, r.skipped) == (5, ["S0", "A", "B", "C"])
+    assert (r.before_watermark, r.watermark) == (["A", "B"], cutoff)
     assert line == (
         "ingest: watermark by acquisition time ...; not read: 2 before watermark, "
         "1 already ingested (counted as skipped)"
     )
-    assert account(SimpleNamespace(seen=0, skipped=[]), Found([], [], "")) == ""  # since=all
+    assert account(counts(), Found([], [], "")) == ""  # since=all
     first = Found([], [], "no succeeded ingest run of /x yet")
-    assert account(SimpleNamespace(seen=1, skipped=[]), first) == (
+    assert account(counts(1), first) == (
         "ingest: no succeeded ingest run of /x yet; every listed scene examined"
     )
 
@@ -354,3 +362,94 @@ def test_day_two_reads_only_its_scenes_and_equals_a_run_over_both_days(tmp_path,
     assert again["rejected"] == 0
     assert rows(killed, "tiles") == rows(scratch, "tiles")
     assert rows(killed, "scenes", VOLATILE) == rows(scratch, "scenes", VOLATILE)
+
+
+# ----------------------------------------------------------------------------- preflight
+
+
+def day_one_lake(products: dict[str, Path], tmp_path: Path) -> tuple[Any, Path]:
+    """A local root as a succeeded day-1 run left it (``runs`` and ``scenes`` rows written
+    with delta-rs, no Spark), its source folder holding day 1's products, emptied: a run
+    that reads any of them (metadata included) rejects it."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from pipelines.datamodel import RUNS, SCENES
+    from pipelines.preflight import driver_lake
+    from pipelines.runs import Run, run_row
+
+    source = tmp_path / "scenes"
+    source.mkdir()
+    put(products, DAY1, source)
+    config = load_config("local", [
+        f"storage.root={tmp_path / 'lake'}", f"ingest.source={source}", "ingest.tile_size=64",
+        "ingest.since=watermark", "ingest.lookback_days=7",
+    ])  # fmt: skip
+    lake = driver_lake(config)
+    day1 = Run(config)
+    lake.append_arrow("runs", pa.Table.from_pylist([run_row(day1, "succeeded")],
+                                                   schema=to_arrow_schema(RUNS)))  # fmt: skip
+    scenes = [
+        {"scene_id": i, "sensor": "sentinel2-l2a" if i.startswith("S2") else "landsat-c2l2",
+         "acquired": ACQUIRED[i], "acquired_date": ACQUIRED[i].date(), "width": 120,
+         "height": 120, "run_id": day1.run_id, "tiling_digest": config.ingest.tiling_digest()}
+        for i in DAY1
+    ]  # fmt: skip
+    lake.append_arrow("scenes", pa.Table.from_pylist(scenes, schema=to_arrow_schema(SCENES)))
+    for i in DAY1:
+        empty_files(source / products[i].name)
+    return config, source
+
+
+#: Acquisition times of day 1 (the demo's, by hand): the watermark is the newest, less 7
+#: days of lookback: 2024-06-14T10:36:29Z. The first two are before it, the third is in.
+ACQUIRED = {
+    DAY1[0]: t("2024-04-12T10:36:21"),
+    DAY1[1]: t("2024-05-15T10:30:00"),
+    DAY1[2]: t("2024-06-21T10:36:29"),
+}
+
+
+def test_a_daily_preflight_reads_only_the_new_products(tmp_path, products):
+    """The "nothing to do" check of a watermark run passes old and known products from
+    their listing: with day 1's files unreadable it still finds the run settled, and counts
+    them as the full ingest does; a new product makes it unsettled."""
+    from pipelines.preflight import driver_lake, ingest_settled
+    from pipelines.runs import Run
+
+    config, source = day_one_lake(products, tmp_path)
+    lake = driver_lake(config)
+    run = Run(config)
+    assert ingest_settled(run, lake)  # a full discovery would reject the emptied products
+    assert (run.seen, sorted(run.skipped)) == (3, sorted(DAY1))
+    assert sorted(run.before_watermark) == sorted(DAY1[:2])
+    put(products, DAY2[:1], source)
+    assert not ingest_settled(Run(config), lake)
+
+
+def test_the_summary_names_products_before_the_watermark_apart_from_ingested_ones(
+    tmp_path, products
+):
+    from pipelines.ingest import summary
+    from pipelines.preflight import driver_lake, ingest_settled
+    from pipelines.runs import Run, run_row
+
+    config, _ = day_one_lake(products, tmp_path)
+    lake = driver_lake(config)
+    run = Run(config)
+    assert ingest_settled(run, lake)
+    text = summary(run, lake)
+    print(text)
+    first = text.splitlines()[0]
+    assert "3 input(s) seen, 0 ingested, 1 already present, 2 before the watermark," in first
+    (known,) = [line for line in text.splitlines() if "already ingested" in line]
+    assert known.strip() == f"skipped (already ingested with the same tiling): {DAY1[2]}"
+    (older,) = [line for line in text.splitlines() if "before the watermark (" in line]
+    assert older.strip() == (
+        "not read (before the watermark (acquired before 2024-06-14T10:36:29Z)): "
+        f"{', '.join(run.before_watermark)}"
+    )
+    assert set(run.before_watermark) == set(DAY1[:2])
+    # The runs row counts them as before: every passed product seen and skipped.
+    row = run_row(run, "succeeded")
+    assert (row["inputs_seen"], row["skipped"], row["ingested"]) == (3, 3, 0)

@@ -256,9 +256,16 @@ def write_table_file(
     zstd_level: int,
     row_group_rows: int | None = None,
     owner: str = "",
+    store: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write ``table`` as one ZSTD Parquet file under ``table_path`` (Hive-style partition
     folders) and return its :data:`FILE_SCHEMA` record (path relative to the table).
+
+    ``table_path``: a local path, or an ``s3://`` / ``s3a://`` URI; there the file goes
+    through a ``pyarrow.fs.S3FileSystem`` built from ``store`` (the recipe of
+    :func:`udfs.storage.store_options`: endpoint, TLS, region; credentials are found by
+    this process, never passed). One PUT of the whole file: S3 has no partial objects, so
+    an interrupted write leaves nothing (a file is there whole or not at all).
 
     ``owner``: the id of the run writing it, in the file name (``part-run<owner>-<uuid>``):
     concurrent runs see in a table snapshot which run wrote a scene's rows
@@ -268,16 +275,24 @@ def write_table_file(
     for a file of tiles); pixel tables pass :data:`TILES_PER_ROW_GROUP`.
     """
     import os
+    import time
     import uuid
 
     import pyarrow.parquet as pq
+
+    from udfs.storage import filesystem, is_object_store
 
     folder = "/".join(f"{k}={v}" for k, v in partition_values.items())
     tag = f"run{owner}-" if owner else ""
     name = f"part-{tag}{uuid.uuid4().hex}.zstd.parquet"
     rel = f"{folder}/{name}" if folder else name
-    full = f"{table_path}/{rel}"
-    os.makedirs(os.path.dirname(full), exist_ok=True)
+    remote = is_object_store(table_path)
+    if remote:
+        fs, base = filesystem(table_path, store or {})
+        full, sink = f"{base}/{rel}", pa.BufferOutputStream()
+    else:
+        full = f"{table_path}/{rel}"
+        os.makedirs(os.path.dirname(full), exist_ok=True)
     # Pixel columns (binary: one encoded raster per row) get neither a dictionary nor
     # min/max statistics: every value is distinct, so the writer would hash and compare
     # each raster for nothing (profile, bench/ingest_bench.py). Small columns keep both,
@@ -285,14 +300,21 @@ def write_table_file(
     small = [f.name for f in table.schema if not pa.types.is_binary(f.type)]
     pq.write_table(
         table,
-        full,
+        sink if remote else full,
         compression="zstd",
         compression_level=zstd_level,
         row_group_size=row_group_rows,
         use_dictionary=small,
         write_statistics=small,
     )
-    st = os.stat(full)
+    if remote:
+        data = sink.getvalue()
+        with fs.open_output_stream(full) as out:
+            out.write(data)
+        size, mtime_ms = data.size, int(time.time() * 1000)
+    else:
+        st = os.stat(full)
+        size, mtime_ms = st.st_size, int(st.st_mtime * 1000)
     return {
         "scene_id": (
             table.column("scene_id")[0].as_py()
@@ -300,8 +322,8 @@ def write_table_file(
             else None
         ),
         "path": rel,
-        "size": st.st_size,
-        "modification_time": int(st.st_mtime * 1000),
+        "size": size,
+        "modification_time": mtime_ms,
         "partition_values": json.dumps(partition_values),
         "stats": file_stats(table, keys),
         "n_tiles": table.num_rows,
@@ -318,9 +340,14 @@ def make_tile_file_writer(
     zstd_level: int,
     report_error: Callable[[list[dict[str, Any]]], None],
     owner: str = "",
+    store: Mapping[str, str] | None = None,
 ) -> Callable[[Iterable[dict[str, Any]]], Iterator[dict[str, Any]]]:
     """Build the RDD ``mapPartitions`` function that writes each block's tiles as one
     Parquet file (named after run ``owner``, see :func:`write_table_file`).
+
+    ``table_path`` is a local path or an ``s3://`` URI; ``store`` the object-store recipe
+    captured on the driver (:func:`udfs.storage.store_options`; no credentials: each
+    worker finds its own, e.g. from ``spark.executorEnv.AWS_*`` or an instance role).
 
     Input records are read blocks (``scene`` recipe JSON + window, see
     :func:`pipelines.ingest.block_records`). Pixels never cross into the JVM: the Python
@@ -346,7 +373,14 @@ def make_tile_file_writer(
                     continue
                 parts = {p: str(scene[p]) for p in partition_by}
                 yield write_table_file(
-                    table_path, table, parts, TILE_KEYS, zstd_level, TILES_PER_ROW_GROUP, owner
+                    table_path,
+                    table,
+                    parts,
+                    TILE_KEYS,
+                    zstd_level,
+                    TILES_PER_ROW_GROUP,
+                    owner,
+                    store,
                 )
 
     return write_files
