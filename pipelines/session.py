@@ -56,10 +56,17 @@ AWS_SDK_VERSIONS = {"3.4.2": "2.29.52", "3.4.1": "2.24.6"}
 
 
 def hadoop_version() -> str:
-    """Version of the Hadoop client jars shipped inside the installed pyspark."""
+    """Version of the Hadoop client jars of the Spark that runs this driver.
+
+    ``$SPARK_HOME/jars`` first: under ``spark-submit`` pyspark is imported from
+    ``python/lib/pyspark.zip``, whose folder holds no jars; else the installed pyspark's.
+    """
     import pyspark
 
-    jars = Path(pyspark.__file__).resolve().parent / "jars"
+    home = os.environ.get("SPARK_HOME")
+    jars = Path(home) / "jars" if home else Path(pyspark.__file__).resolve().parent / "jars"
+    if not jars.is_dir():
+        jars = Path(pyspark.__file__).resolve().parent / "jars"
     for jar in sorted(jars.glob("hadoop-client-api-*.jar")):
         return jar.stem.removeprefix("hadoop-client-api-")
     raise RuntimeError(f"no hadoop-client-api jar in {jars}")

@@ -188,7 +188,11 @@ def test_java_major_version_is_17(dockerfile):
 
 def test_entrypoint_is_the_spark_submit_that_pyspark_installs(dockerfile):
     entry = [args_of(rest) for word, rest in dockerfile if word == "ENTRYPOINT"]
-    assert entry and entry[-1] == ["spark-submit"]
+    # docker/entrypoint.sh: spark-submit's arguments, Spark on Kubernetes' `driver` /
+    # `executor`, or any command (tests/test_image.py runs each in the image).
+    assert entry and entry[-1] == ["/app/docker/entrypoint.sh"]
+    assert (REPO / "docker" / "entrypoint.sh").is_file()
+    assert "spark-submit" in (REPO / "docker" / "entrypoint.sh").read_text()
     # pip's pyspark puts spark-submit on PATH (the venv's bin here, /usr/local/bin there).
     assert (Path(pyspark.__file__).parent / "bin" / "spark-submit").is_file()
     assert (Path(sys.executable).parent / "spark-submit").is_file()
@@ -388,7 +392,7 @@ def test_local_cluster_demo_submits_existing_jobs_with_valid_arguments(pod):
         assert (REPO / path).is_file(), path
         module = importlib.import_module(f"pipelines.{job}")
         parsed = module.parse_args(shlex.split(args))  # exits (SystemExit) on a bad flag
-        assert parsed.root == "/data/lakehouse", job
+        assert parsed.root == "s3://eo-lakehouse/lakehouse", job  # the pod's S3 store
     mount = {m["mountPath"] for m in demo["volumeMounts"]}
     assert mount == {"/data"}
     assert "python -m pipelines.demo --out /data/demo" in script

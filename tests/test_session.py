@@ -6,6 +6,7 @@ tests/test_object_store.py; here, what the session asks Maven for and what it se
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyspark
@@ -72,3 +73,18 @@ def test_spark_defaults_for_object_stores_name_the_s3a_jars():
     assert "hadoop-aws" in text
     assert "org.apache.hadoop.fs.s3a.S3AFileSystem" in text
     assert "hadoop-aws" not in spark_defaults(object_store=False)
+
+
+def test_hadoop_version_reads_spark_home_first(tmp_path, monkeypatch):
+    """Under spark-submit pyspark comes from python/lib/pyspark.zip (no jars beside it):
+    the jars are under $SPARK_HOME."""
+    from pipelines.session import hadoop_version
+
+    installed = hadoop_version() if "SPARK_HOME" not in os.environ else None
+    (tmp_path / "jars").mkdir()
+    (tmp_path / "jars" / "hadoop-client-api-9.8.7.jar").write_bytes(b"")
+    monkeypatch.setenv("SPARK_HOME", str(tmp_path))
+    assert hadoop_version() == "9.8.7"
+    monkeypatch.setenv("SPARK_HOME", str(tmp_path / "missing"))
+    assert hadoop_version() == (installed or hadoop_version())
+    assert hadoop_version().startswith("3.")
