@@ -76,3 +76,15 @@ def test_ndvi_e2e_bench_gets_odc_stacs_numbers_on_four_scenes(tmp_path):
     assert [r["scenes"] for r in out["runs"]] == [1, 3, 4]
     assert [r["tiles"] for r in out["runs"]] == [1, 3, 4]  # 256 px: one tile a scene
     assert all(r["results_equal"] and r["project_ingest_features_s"] > 0 for r in out["runs"])
+
+
+def test_memory_bench_reports_the_peak_of_both_jobs(tmp_path):
+    # The 10980 px figure in the README comes from `bench/memory_bench.py` at its default
+    # size; here a small scene checks that the sampler sees the JVM and the Python workers.
+    out = run_bench("memory", tmp_path)
+    assert [j["job"] for j in out["jobs"]] == ["ingest", "features"]
+    assert not any(j["failed"] for j in out["jobs"])
+    assert all(
+        j["jvm_peak_rss_mb"] > 0 and j["workers_peak_summed_rss_mb"] > 0 for j in out["jobs"]
+    )
+    assert out["tiles_written"] == out["feature_tiles"] > 0
