@@ -236,8 +236,9 @@ class Lakehouse:
                 dt = self.delta_table(name)
             except deltalake.exceptions.TableNotFoundError:
                 return empty
-            if dt.protocol().reader_features:
-                raise ValueError(f"{path}: reader features {dt.protocol().reader_features}")
+            features = dt.protocol().reader_features
+            if features:
+                raise ReaderFeaturesError(f"{path}: reader features {features}")
             fs, base = self._fs(name)
             dataset = _delta_dataset(dt, base, schema, TABLES[name].partition_by, fs)
         else:
@@ -765,6 +766,11 @@ def retry_concurrent(action: Callable[[], Any], what: str) -> Any:
     raise CommitConflictError(
         f"{what}: {COMMIT_ATTEMPTS} attempts conflicted with concurrent writers; re-run"
     )
+
+
+class ReaderFeaturesError(ValueError):
+    """A Delta table uses reader features delta-rs does not read (e.g. deletion vectors):
+    read it with Spark (:meth:`Lakehouse.read`)."""
 
 
 def _join(base: str, rel: str) -> str:

@@ -1,9 +1,10 @@
 """Driver-side reads of tables on an object store without Spark: delta-rs + pyarrow.
 
-:meth:`pipelines.lakehouse.Lakehouse.read_arrow` reads a few columns of a *local* table in
-milliseconds (delta-rs for the snapshot's files, pyarrow for the scan). :func:`read_arrow`
-here does the same for tables under an ``s3://`` / ``s3a://`` root, and hands local roots
-to the lakehouse, so a planner (the aggregate job's) has one call for both.
+:func:`read_arrow` is the planners' one call for a few columns of a table on the driver,
+without Spark, wherever the root is: local roots and Delta on ``s3://`` / ``s3a://`` through
+:meth:`pipelines.lakehouse.Lakehouse.read_arrow` (delta-rs for the snapshot's files, pyarrow
+for the scan), Parquet tables on an object store through a pyarrow dataset here, and Delta
+tables delta-rs cannot read through Spark.
 
 Decisions
 ---------
@@ -28,7 +29,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -75,17 +76,6 @@ def delta_uri(path: str) -> str:
     return "s3://" + path.removeprefix("s3a://") if path.startswith("s3a://") else path
 
 
-def open_delta(path: str, environ: Mapping[str, str] | None = None) -> Any:
-    """``deltalake.DeltaTable`` of an object-store table location, or None where there is
-    no table (yet)."""
-    import deltalake
-
-    try:
-        return deltalake.DeltaTable(delta_uri(path), storage_options=storage_options(environ))
-    except deltalake.exceptions.TableNotFoundError:
-        return None
-
-
 def read_arrow(
     lake: Lakehouse,
     name: str,
@@ -118,39 +108,30 @@ def read_arrow(
     ValueError
         For a root that is neither local nor ``s3://`` / ``s3a://``.
     """
-    if lake.local:
-        return lake.read_arrow(name, columns, where, with_file)
+    from pipelines.lakehouse import ReaderFeaturesError
+
+    if lake.arrow_io:  # local roots, Delta on S3: the lakehouse's own reader
+        try:
+            return lake.read_arrow(name, columns, where, with_file)
+        except ReaderFeaturesError:  # e.g. deletion vectors: Spark reads them
+            return _spark_read(lake, name, list(columns), where, with_file)
     if not is_object_store(lake.root):
         raise ValueError(f"cannot read {name} under {lake.root}: local, s3:// or s3a:// roots")
+    # Parquet tables on an object store: a hive-partitioned dataset behind ``_SUCCESS``.
+    from pyarrow import fs as pafs
     from pyspark.sql.pandas.types import to_arrow_schema
 
     spec = TABLES[name]
     schema = to_arrow_schema(spec.schema)
     cols = list(columns)
-    empty = pa.table({c: pa.array([], schema.field(c).type) for c in cols})
-    if with_file:
-        empty = empty.append_column("file", pa.array([], pa.string()))
+    empty = _empty(schema, cols, with_file)
     base = lake.path(name)
     fs, fs_base = filesystem(base, store_options(lake.root))
-    if lake.format == "delta":
-        dt = open_delta(base)
-        if dt is None:
-            return empty
-        if dt.protocol().reader_features:  # e.g. deletion vectors: Spark reads them
-            return _spark_read(lake, name, cols, where, with_file, empty.schema)
-        rels = _delta_files(dt, schema, spec.partition_by)
-        dataset = ds.FileSystemDataset.from_paths(
-            [f"{fs_base}/{unquote(r)}" for r, _ in rels], schema=schema,
-            format=ds.ParquetFileFormat(), filesystem=fs, partitions=[p for _, p in rels],
-        )  # fmt: skip
-    else:
-        from pyarrow import fs as pafs
-
-        if fs.get_file_info(f"{fs_base}/_SUCCESS").type == pafs.FileType.NotFound:
-            return empty
-        part = [f for f in schema if f.name in spec.partition_by]
-        hive = ds.partitioning(pa.schema(part), flavor="hive")
-        dataset = ds.dataset(fs_base, format="parquet", partitioning=hive, filesystem=fs)
+    if fs.get_file_info(f"{fs_base}/_SUCCESS").type == pafs.FileType.NotFound:
+        return empty
+    part = [f for f in schema if f.name in spec.partition_by]
+    hive = ds.partitioning(pa.schema(part), flavor="hive")
+    dataset = ds.dataset(fs_base, format="parquet", partitioning=hive, filesystem=fs)
     if not with_file:
         return dataset.to_table(columns=cols, filter=where)
     scheme = urlsplit(base).scheme
@@ -162,23 +143,12 @@ def read_arrow(
     return pa.concat_tables(parts).cast(empty.schema) if parts else empty
 
 
-def _delta_files(dt: Any, schema: pa.Schema, partition_by: Sequence[str]) -> list[tuple]:
-    """(path relative to the table, partition expression) of every file of a snapshot."""
-    import pyarrow.compute as pc
-
-    acts = pa.table(dt.get_add_actions(flatten=True))
-    out = []
-    for i, rel in enumerate(acts.column("path").to_pylist()):
-        expr = pc.scalar(True)
-        for col in partition_by:
-            value = acts.column(f"partition.{col}")[i].as_py()
-            typ = schema.field(col).type
-            expr = expr & (
-                ds.field(col).is_null() if value is None
-                else ds.field(col) == pa.scalar(value).cast(typ)
-            )  # fmt: skip
-        out.append((rel, expr))
-    return out
+def _empty(schema: pa.Schema, cols: Sequence[str], with_file: bool) -> pa.Table:
+    """No rows, the columns' types (and ``file``)."""
+    empty = pa.table({c: pa.array([], schema.field(c).type) for c in cols})
+    if with_file:
+        empty = empty.append_column("file", pa.array([], pa.string()))
+    return empty
 
 
 def _spark_read(
@@ -187,10 +157,10 @@ def _spark_read(
     cols: list[str],
     where: Any,
     with_file: bool,
-    schema: pa.Schema,
 ) -> pa.Table:
     """The columns through Spark (tables delta-rs cannot read), filtered by ``where``."""
     from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import to_arrow_schema
 
     df = lake.read(name)
     named = _fields(where, TABLES[name].schema.fieldNames()) if where is not None else []
@@ -202,7 +172,8 @@ def _spark_read(
     t = df.select(*selected).toArrow()
     if where is not None:
         t = t.filter(where)
-    return t.select([*cols, *(["file"] if with_file else [])]).cast(schema)
+    empty = _empty(to_arrow_schema(TABLES[name].schema), cols, with_file)
+    return t.select(empty.column_names).cast(empty.schema)
 
 
 def _fields(expr: Any, names: Sequence[str]) -> list[str]:

@@ -204,24 +204,7 @@ def test_two_classify_runs_at_once_write_every_key_once(tmp_path, sources, model
     assert sorted(r["job"] for r in runs if r["job"] == "classify") == ["classify"] * 4
 
 
-APPENDER = """
-import sys, pyarrow as pa
-from pyspark.sql.pandas.types import to_arrow_schema
-from pipelines.config import load_config
-from pipelines.datamodel import RUNS
-from pipelines.preflight import driver_lake
-from pipelines.runs import Run, run_row
-
-config = load_config("local", [f"storage.root={sys.argv[1]}"])
-lake = driver_lake(config)
-first = int(sys.argv[2])
-for i in range(first, first + 6):  # overlapping ids between processes
-    run = Run(config)
-    run.run_id = f"r{i:03d}"
-    row = pa.Table.from_pylist([run_row(run, "succeeded")], schema=to_arrow_schema(RUNS))
-    done = lake.append_arrow("runs", row, owner=f"p{first}")
-    print(run.run_id, "written" if done.written else "left")
-"""
+APPENDER = str(Path(__file__).with_name("runs_appender.py"))  # six runs rows, delta-rs
 
 
 def test_concurrent_arrow_appends_of_the_same_keys_keep_one_copy(tmp_path):
@@ -229,7 +212,7 @@ def test_concurrent_arrow_appends_of_the_same_keys_keep_one_copy(tmp_path):
     key once, and each process says which keys it found written by another."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
-        subprocess.Popen([sys.executable, "-c", APPENDER, str(tmp_path), str(first)], env=env,
+        subprocess.Popen([sys.executable, APPENDER, str(tmp_path), str(first)], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for first in (0, 2, 4, 6)
     ]  # fmt: skip

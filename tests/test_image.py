@@ -87,13 +87,6 @@ BUCKET = "eo-image-test"
 # ----------------------------------------------------------------------------- engine
 
 
-SKIP_S3_CLUSTER = pytest.mark.skip(
-    reason="issue 15 open: Spark jobs in the image on a standalone cluster with an S3 source/root "
-    "fail in a Spark task (clean-clone CI 2026-12-02, stage aborted in Dataset.count); "
-    "not yet diagnosed"
-)
-
-
 def engine_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("CONTAINERS_CONF", str(DOCKER / "containers.conf"))
@@ -483,11 +476,16 @@ def cluster(image, shared, s3: S3Server) -> Iterator[dict]:
             work_dirs.append(work)
             name = f"eo-test-worker-{i}-{run_id}"
             names.append(name)
+            # Each worker a loopback address of its own, as each host of a cluster has:
+            # executors that share an address read each other's shuffle files from their
+            # own disk (spark.shuffle.readHostLocalDisk), which another container's /tmp
+            # is not.
+            host = f"127.0.0.{1 + i}"
             podman(
                 "run", "--detach", "--name", name, "--network", "host",
-                "--env", "SPARK_LOCAL_IP=127.0.0.1", *s3_env_args(s3.env), *mount(shared),
+                "--env", f"SPARK_LOCAL_IP={host}", *s3_env_args(s3.env), *mount(shared),
                 image, "spark-class", "org.apache.spark.deploy.worker.Worker", url,
-                "--host", "127.0.0.1", "--cores", "1", "--memory", "1g",
+                "--host", host, "--cores", "1", "--memory", "1g",
                 "--webui-port", str(free_port()), "--work-dir", str(work),
             )  # fmt: skip
         for name in names[1:]:
@@ -546,7 +544,6 @@ def host_ingest(shared, tmp_path_factory) -> Path:
     return root
 
 
-@SKIP_S3_CLUSTER
 def test_cluster_in_containers_ingests_from_s3_what_the_host_ingests(
     cluster_ingest, host_ingest, shared, s3: S3Server, scenes_on_s3
 ):
@@ -560,7 +557,6 @@ def test_cluster_in_containers_ingests_from_s3_what_the_host_ingests(
     assert any(k.startswith("cluster-lake/tiles/_delta_log/") for k in keys)
 
 
-@SKIP_S3_CLUSTER
 def test_cluster_in_containers_used_both_workers(cluster_ingest, cluster):
     for work in cluster["work_dirs"]:
         executors = list(work.glob("app-*/*/stderr"))
@@ -775,7 +771,6 @@ def local_cluster(image, tmp_path_factory) -> Iterator[dict]:
         podman("volume", "rm", "--force", claim, check=False)
 
 
-@SKIP_S3_CLUSTER
 def test_local_cluster_yaml_runs_the_demo_chain_on_its_s3_store(local_cluster):
     log = local_cluster["log"]
     assert local_cluster["code"] == "0", log[-8000:]

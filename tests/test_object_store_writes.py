@@ -155,24 +155,7 @@ def reference(demo_root: Path, tmp_path_factory) -> Path:
 
 # ----------------------------------------------------------------------------- commits
 
-APPENDER = """
-import sys, pyarrow as pa
-from pyspark.sql.pandas.types import to_arrow_schema
-from pipelines.config import load_config
-from pipelines.datamodel import RUNS
-from pipelines.preflight import driver_lake
-from pipelines.runs import Run, run_row
-
-config = load_config("local", [f"storage.root={sys.argv[1]}"])
-lake = driver_lake(config)
-first = int(sys.argv[2])
-for i in range(first, first + 6):  # overlapping ids between processes
-    run = Run(config)
-    run.run_id = f"r{i:03d}"
-    row = pa.Table.from_pylist([run_row(run, "succeeded")], schema=to_arrow_schema(RUNS))
-    done = lake.append_arrow("runs", row, owner=f"p{first}")
-    print(run.run_id, "written" if done.written else "left", flush=True)
-"""
+APPENDER = str(Path(__file__).with_name("runs_appender.py"))  # six runs rows, delta-rs
 
 
 def test_concurrent_delta_rs_commits_on_s3_keep_every_key_once(s3, bucket):
@@ -180,7 +163,7 @@ def test_concurrent_delta_rs_commits_on_s3_keep_every_key_once(s3, bucket):
     Spark): every key once, each written by exactly one process, and the server refused
     some commit PUTs (the race was real and decided by the conditional write)."""
     root = f"s3://{BUCKET}/appends"
-    outs = together(*(("-c", APPENDER, root, str(first)) for first in (0, 2, 4, 6)), timeout=180)
+    outs = together(*((APPENDER, root, str(first)) for first in (0, 2, 4, 6)), timeout=180)
     for code, out in outs:
         assert code == 0, out
     assert sorted(once(keys(s3, root, "runs"), "runs")) == [(f"r{i:03d}",) for i in range(12)]
