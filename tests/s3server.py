@@ -29,6 +29,8 @@ import pytest
 ACCESS_KEY = "testing-access-key"
 SECRET_KEY = "testing-secret-key-not-a-real-one"
 REGION = "us-east-1"
+#: moto's server with atomic conditional writes (``tests/moto_s3.py``).
+MOTO = Path(__file__).with_name("moto_s3.py")
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def server_env(endpoint: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session", name="s3")
 def s3_server(tmp_path_factory) -> Iterator[S3Server]:
-    """Start ``python -m moto.server`` on a free 127.0.0.1 port for the session.
+    """Start moto's server (:data:`MOTO`) on a free 127.0.0.1 port for the session.
 
     The environment variables of :func:`server_env` are set while the server runs (the
     Spark workers of the session's local master inherit them) and restored afterwards.
@@ -99,7 +101,7 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     log = Path(tmp_path_factory.mktemp("moto")) / "moto.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
