@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from pipelines.datamodel import TABLES
-from pipelines.lakehouse import Lakehouse
+from pipelines.lakehouse import Lakehouse, ReaderFeaturesError
 from udfs.storage import filesystem, is_object_store, store_options
 
 
@@ -108,8 +108,6 @@ def read_arrow(
     ValueError
         For a root that is neither local nor ``s3://`` / ``s3a://``.
     """
-    from pipelines.lakehouse import ReaderFeaturesError
-
     if lake.arrow_io:  # local roots, Delta on S3: the lakehouse's own reader
         try:
             return lake.read_arrow(name, columns, where, with_file)
