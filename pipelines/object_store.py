@@ -83,25 +83,12 @@ def read_arrow(
     where: Any = None,
     with_file: bool = False,
 ) -> pa.Table:
-    """Some columns of a table as Arrow, on the driver: local roots through
-    :meth:`Lakehouse.read_arrow`, object stores through delta-rs + pyarrow (module
-    docstring).
+    """Some columns of a table as Arrow, on the driver, for any root (module docstring).
 
-    Parameters
-    ----------
-    lake : the tables
-    name : table name of :data:`pipelines.datamodel.TABLES`
-    columns : columns to read (partition columns included)
-    where : pyarrow.dataset expression, optional
-        Row filter; it also prunes files by partition values and column statistics.
-    with_file : bool
-        Add a ``file`` column: href of the Parquet file holding each row (a path for local
-        roots, a URI of the root's scheme on an object store).
-
-    Returns
-    -------
-    pyarrow.Table
-        Empty (with the table's types) when the table does not exist yet.
+    Parameters and result are those of :meth:`Lakehouse.read_arrow` (``lake`` the
+    tables), except that ``file`` hrefs on an object store are URIs of the root's scheme,
+    tables delta-rs cannot read come through Spark instead of raising, and Parquet tables
+    on an object store are read too.
 
     Raises
     ------
